@@ -1,0 +1,146 @@
+"""FLEX-MoE ClientApp: train / evaluate the assigned experts; the gate never leaves the device.
+
+The server sends the shared extractor plus only the experts this client holds this
+round; the client builds a model with exactly those experts, restores its personal
+gate, trains, and returns exactly the keys it was sent, plus per-expert feedback
+(usage, accuracy, loss) as fixed-length lists of length num-experts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from flexmoe_core.config import NodeSettings, Settings, SettingsError, dataset_shape
+from flexmoe_core.data import client_datasets
+from flexmoe_core.model import MoEClassifier, pick_device
+from flexmoe_core.replies import held_experts
+from flexmoe_core.train import evaluate as evaluate_model
+from flexmoe_core.train import train_local
+
+app = ClientApp()
+
+GATE_KEY = "gate"
+GATE_ROUND_KEY = "gate-round"
+GATES_KEPT = 3  # on-disk gate snapshots kept, so a server resumed a round or two back finds its gate
+
+
+@app.query("describe")
+def describe(msg: Message, context: Context) -> Message:
+    """Tell the server who we are (stable client id), how many experts we hold and our data size."""
+    settings, node = load_settings(context)
+    train_set, _ = local_data(settings, node)
+    info = ConfigRecord({"client-id": node.client_id, "capacity": node.capacity, "num-examples": len(train_set)})
+    return Message(RecordDict({"config": info}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    settings, node = load_settings(context)
+    server_round = int(msg.content["config"]["server-round"])
+    model = build_model(msg, settings, context, node, gate_round=server_round - 1)
+    train_set, _ = local_data(settings, node)
+    result = train_local(model, train_set, epochs=settings.local_epochs, batch_size=settings.batch_size,
+                         lr=settings.lr, seed=_client_seed(settings, node, server_round), device=pick_device())
+    store_gate(context, node, model, server_round)
+    feedback = result.feedback
+    metrics = MetricRecord({
+        "num-examples": int(result.num_examples),
+        "train-loss": float(result.mean_loss),
+        "expert-usage": [float(v) for v in feedback.usage],
+        "expert-accuracy": [float(v) for v in feedback.accuracy],
+        "expert-loss": [float(v) for v in feedback.loss],
+    })
+    arrays = ArrayRecord({k: Array(v) for k, v in model.shared_state_dict().items()})
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    settings, node = load_settings(context)
+    server_round = int(msg.content["config"]["server-round"])
+    model = build_model(msg, settings, context, node, gate_round=server_round)
+    _, test_set = local_data(settings, node)
+    result = evaluate_model(model, test_set, batch_size=settings.batch_size, device=pick_device())
+    metrics = MetricRecord({"num-examples": int(result.num_examples), "accuracy": float(result.accuracy),
+                            "loss": float(result.loss)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def load_settings(context: Context) -> tuple[Settings, NodeSettings]:
+    settings = Settings.from_run_config(context.run_config)
+    node = NodeSettings.from_node_config(context.node_config, settings, context.node_id)
+    if node.partition_id is None or node.num_partitions is None:
+        raise SettingsError(["partition-id and num-partitions are required in the node config "
+                             "(e.g. --node-config \"partition-id=0 num-partitions=3\")"], source="node config")
+    return settings, node
+
+
+def local_data(settings: Settings, node: NodeSettings):
+    """This client's (train, test) split; cached in-process because every round asks again."""
+    return client_datasets(
+        settings.dataset, node.partition_id, node.num_partitions, scheme=settings.partition,
+        alpha=settings.dirichlet_alpha, classes_per_client=settings.classes_per_client, seed=settings.seed,
+        test_fraction=settings.test_fraction, max_samples=settings.max_samples_per_client,
+        data_dir=settings.data_dir or None, allow_download=settings.allow_download)
+
+
+def build_model(msg: Message, settings: Settings, context: Context, node: NodeSettings,
+                gate_round: int) -> MoEClassifier:
+    """A model holding exactly the experts in the message, with this client's own gate."""
+    import torch
+
+    state = {key: value.numpy() for key, value in msg.content["arrays"].items()}
+    held = held_experts(state)
+    shape = dataset_shape(settings.dataset)
+    # A fixed per-client seed makes a brand-new gate reproducible (resume equals an uninterrupted run).
+    torch.manual_seed(_client_seed(settings, node, 0))
+    model = MoEClassifier(settings.num_experts, held, num_classes=shape.num_classes,
+                          in_channels=shape.in_channels, image_size=shape.image_size, arch=settings.model,
+                          top_r=settings.top_r)
+    model.load_shared_state(state)
+    gate = load_gate(context, node, gate_round)
+    if gate is not None:
+        model.load_gate_state(gate)
+    return model
+
+
+def store_gate(context: Context, node: NodeSettings, model: MoEClassifier, server_round: int) -> None:
+    """Keep the personal gate in the node's state and, if a state dir is set, on disk per round."""
+    gate = model.gate_state()
+    context.state[GATE_KEY] = ArrayRecord({k: Array(v) for k, v in gate.items()})
+    context.state[GATE_ROUND_KEY] = ConfigRecord({"round": server_round})
+    if node.state_dir:
+        folder = Path(node.state_dir) / node.client_id
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".gate-round{server_round}.tmp.npz"
+        np.savez(tmp, **gate)
+        tmp.replace(folder / f"gate-round{server_round}.npz")
+        for old in sorted(folder.glob("gate-round*.npz"), key=_round_of)[:-GATES_KEPT]:
+            old.unlink(missing_ok=True)
+
+
+def load_gate(context: Context, node: NodeSettings, wanted_round: int) -> dict[str, np.ndarray] | None:
+    """The gate as it was after `wanted_round` (disk snapshot if the in-memory one is from another round)."""
+    in_memory = None
+    if GATE_KEY in context.state:
+        in_memory = {k: v.numpy() for k, v in context.state[GATE_KEY].items()}
+        if int(context.state[GATE_ROUND_KEY]["round"]) == wanted_round:
+            return in_memory
+    if node.state_dir:
+        path = Path(node.state_dir) / node.client_id / f"gate-round{wanted_round}.npz"
+        if path.is_file():
+            with np.load(path) as data:
+                return {k: data[k] for k in data.files}
+    return in_memory
+
+
+def _round_of(path: Path) -> int:
+    return int(path.stem.removeprefix("gate-round"))
+
+
+def _client_seed(settings: Settings, node: NodeSettings, server_round: int) -> int:
+    return (settings.seed * 1_000_003 + server_round * 10_007 + (node.partition_id or 0)) % (2**31)

@@ -1,0 +1,281 @@
+"""Run settings: one typed, validated object built from Flower's run config.
+
+Every setting is checked before round 1 and *all* problems are reported in one
+error, so a user fixing a config file does not discover them one run at a time.
+The names are the kebab-case keys of ``[tool.flwr.app.config]``; the attributes
+are their snake_case twins.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+ASSIGNMENT_METHODS = ("flexmoe", "greedy", "random", "static", "dense")
+SOLVERS = ("auto", "cvxpy", "fast")
+FITNESS_MODES = ("accuracy", "loss")
+PARTITIONS = ("iid", "dirichlet", "classes")
+MODELS = ("cnn", "resnet")
+
+
+@dataclass(frozen=True)
+class DatasetShape:
+    """What the model must be built for; known without loading the data."""
+
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+
+# The server builds the global model from these without touching the data (it may not have it).
+DATASET_SHAPES = {
+    "fashion-mnist": DatasetShape(10, 1, 28),
+    "mnist": DatasetShape(10, 1, 28),
+    "emnist": DatasetShape(47, 1, 28),
+    "cifar10": DatasetShape(10, 3, 32),
+    "gtsrb": DatasetShape(43, 3, 32),
+}
+
+
+def dataset_shape(name: str) -> DatasetShape:
+    if name not in DATASET_SHAPES:
+        raise ValueError(f"dataset must be one of {', '.join(DATASET_SHAPES)}; got {name!r}")
+    return DATASET_SHAPES[name]
+
+
+class SettingsError(ValueError):
+    """One or more settings are invalid; the message lists every one of them."""
+
+    def __init__(self, problems: list[str], source: str = "run config") -> None:
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid {source} ({len(problems)} problem(s)):\n{lines}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All run-config settings of a FLEX-MoE run (defaults mirror pyproject.toml)."""
+
+    num_server_rounds: int = 5
+    num_experts: int = 8
+    capacity: int = 2
+    capacity_profile: str = ""
+    top_r: int = 2
+    model: str = "cnn"
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    dataset: str = "fashion-mnist"
+    data_dir: str = ""
+    allow_download: bool = False
+    max_samples_per_client: int = 600
+    test_fraction: float = 0.2
+    partition: str = "dirichlet"
+    dirichlet_alpha: float = 0.8
+    classes_per_client: int = 4
+    assignment: str = "flexmoe"
+    solver: str = "auto"
+    fitness: str = "accuracy"
+    ema_beta: float = 0.5
+    loss_alpha: float = 1.0
+    initial_fitness: float = 1.0
+    load_slack: float = 0.0
+    deficit_weight: float = 0.1
+    fraction_train: float = 1.0
+    min_train_nodes: int = 2
+    node_wait_timeout: float = 120.0
+    round_timeout: float = 600.0
+    seed: int = 42
+    results_dir: str = "results/latest"
+    client_state_dir: str = ""
+    resume: bool = False
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> Settings:
+        """Build settings from a Flower run config, raising `SettingsError` listing every bad key."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        problems: list[str] = []
+        values: dict[str, Any] = {}
+        for key, raw in run_config.items():
+            name = key.replace("-", "_")
+            if name not in known:
+                problems.append(f"unknown setting '{key}' (allowed: {', '.join(sorted(_kebab(n) for n in known))})")
+                continue
+            coerced = _coerce(key, raw, known[name].type, problems)
+            if coerced is not None:
+                values[name] = coerced
+        settings = cls(**values)
+        problems.extend(settings.problems())
+        if problems:
+            raise SettingsError(problems)
+        return settings
+
+    def problems(self) -> list[str]:
+        """Range, choice and feasibility checks; an empty list means the settings are usable."""
+        out: list[str] = []
+        check = _Checker(out)
+        check.at_least("num-server-rounds", self.num_server_rounds, 1)
+        check.at_least("num-experts", self.num_experts, 1)
+        check.between("capacity", self.capacity, 1, self.num_experts, "1 <= capacity <= num-experts")
+        for k in _parse_profile(self.capacity_profile, out):
+            check.between("capacity-profile", k, 1, self.num_experts, "every entry in 1..num-experts")
+        check.between("top-r", self.top_r, 1, self.num_experts, "1 <= top-r <= num-experts")
+        check.choice("model", self.model, MODELS)
+        check.at_least("local-epochs", self.local_epochs, 1)
+        check.at_least("batch-size", self.batch_size, 1)
+        check.positive("lr", self.lr)
+        check.choice("dataset", self.dataset, tuple(DATASET_SHAPES))
+        check.at_least("max-samples-per-client", self.max_samples_per_client, 0)
+        check.open_unit("test-fraction", self.test_fraction)
+        check.choice("partition", self.partition, PARTITIONS)
+        check.positive("dirichlet-alpha", self.dirichlet_alpha)
+        num_classes = DATASET_SHAPES[self.dataset].num_classes if self.dataset in DATASET_SHAPES else 10
+        check.between("classes-per-client", self.classes_per_client, 1, num_classes,
+                      f"1..{num_classes} (classes of {self.dataset})")
+        check.choice("assignment", self.assignment, ASSIGNMENT_METHODS)
+        check.choice("solver", self.solver, SOLVERS)
+        check.choice("fitness", self.fitness, FITNESS_MODES)
+        check.between("ema-beta", self.ema_beta, 1e-12, 1.0, "0 < ema-beta <= 1")
+        check.positive("loss-alpha", self.loss_alpha)
+        check.finite("initial-fitness", self.initial_fitness)
+        check.at_least("load-slack", self.load_slack, 0.0)
+        check.at_least("deficit-weight", self.deficit_weight, 0.0)
+        check.between("fraction-train", self.fraction_train, 1e-12, 1.0, "0 < fraction-train <= 1")
+        check.at_least("min-train-nodes", self.min_train_nodes, 1)
+        check.positive("node-wait-timeout", self.node_wait_timeout)
+        check.positive("round-timeout", self.round_timeout)
+        check.at_least("seed", self.seed, 0)
+        if not self.results_dir.strip():
+            out.append("results-dir must be a non-empty path")
+        return out
+
+    @property
+    def capacities(self) -> tuple[int, ...]:
+        """The heterogeneous capacity profile (empty when every client uses `capacity`)."""
+        return tuple(_parse_profile(self.capacity_profile, []))
+
+    def capacity_for(self, partition_id: int | None) -> int:
+        """Simulation capacity of a partition: the profile cycled over partitions, else `capacity`."""
+        profile = self.capacities
+        if profile and partition_id is not None:
+            return profile[partition_id % len(profile)]
+        return self.capacity
+
+    def to_run_config(self) -> dict[str, Any]:
+        """The settings as kebab-case run-config keys (what gets written to results/config.json)."""
+        return {_kebab(f.name): getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Per-node settings from Flower's node config (`--node-config` or the simulation)."""
+
+    partition_id: int | None
+    num_partitions: int | None
+    capacity: int
+    client_id: str
+    state_dir: str
+
+    @classmethod
+    def from_node_config(cls, node_config: Mapping[str, Any], settings: Settings, node_id: int) -> NodeSettings:
+        """Validate the node config; a stable `client-id` (else `partition-<id>`) keys the fitness row."""
+        problems: list[str] = []
+        pid = _optional_int(node_config, "partition-id", problems)
+        nparts = _optional_int(node_config, "num-partitions", problems)
+        if nparts is not None and nparts < 1:
+            problems.append(f"num-partitions must be >= 1, got {nparts}")
+        if pid is not None and (pid < 0 or (nparts is not None and pid >= nparts)):
+            problems.append(f"partition-id must be in 0..num-partitions-1, got {pid} (num-partitions={nparts})")
+        capacity = _optional_int(node_config, "capacity", problems)
+        if capacity is None:
+            capacity = settings.capacity_for(pid)
+        elif not 1 <= capacity <= settings.num_experts:
+            problems.append(f"capacity must be in 1..num-experts ({settings.num_experts}), got {capacity}")
+        client_id = str(node_config.get("client-id", "") or "")
+        if not client_id:
+            # Simulated node ids are random per run; the partition id is what stays stable.
+            client_id = f"partition-{pid}" if pid is not None else f"node-{node_id}"
+        state_dir = str(node_config.get("state-dir", "") or settings.client_state_dir)
+        if problems:
+            raise SettingsError(problems, source="node config")
+        return cls(pid, nparts, capacity, client_id, state_dir)
+
+
+class _Checker:
+    """Collects range/choice problems as readable sentences."""
+
+    def __init__(self, out: list[str]) -> None:
+        self.out = out
+
+    def at_least(self, key: str, value: float, low: float) -> None:
+        if not _is_finite(value) or value < low:
+            self.out.append(f"{key} must be >= {low}, got {value!r}")
+
+    def positive(self, key: str, value: float) -> None:
+        if not _is_finite(value) or value <= 0:
+            self.out.append(f"{key} must be a finite number > 0, got {value!r}")
+
+    def finite(self, key: str, value: float) -> None:
+        if not _is_finite(value):
+            self.out.append(f"{key} must be a finite number, got {value!r}")
+
+    def open_unit(self, key: str, value: float) -> None:
+        if not _is_finite(value) or not 0 < value < 1:
+            self.out.append(f"{key} must be in (0, 1), got {value!r}")
+
+    def between(self, key: str, value: float, low: float, high: float, allowed: str) -> None:
+        if not _is_finite(value) or not low <= value <= high:
+            self.out.append(f"{key} must be {allowed}, got {value!r}")
+
+    def choice(self, key: str, value: str, allowed: tuple[str, ...]) -> None:
+        if value not in allowed:
+            self.out.append(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _coerce(key: str, raw: Any, annotation: Any, problems: list[str]) -> Any:
+    """Accept exactly the TOML type of the field (ints for floats too); report anything else."""
+    kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(annotation))
+    converters: dict[type, Callable[[Any], Any]] = {
+        int: lambda v: v if isinstance(v, int) and not isinstance(v, bool) else None,
+        float: lambda v: float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None,
+        bool: lambda v: v if isinstance(v, bool) else None,
+        str: lambda v: v if isinstance(v, str) else None,
+    }
+    value = converters[kind](raw) if kind else raw
+    if value is None:
+        problems.append(f"{key} must be of type {kind.__name__ if kind else annotation}, got {raw!r}")
+    return value
+
+
+def _parse_profile(profile: str, problems: list[str]) -> list[int]:
+    if not profile.strip():
+        return []
+    try:
+        return [int(part) for part in profile.split(",")]
+    except ValueError:
+        problems.append(f"capacity-profile must be comma-separated integers like '1,2,4', got {profile!r}")
+        return []
+
+
+def _optional_int(config: Mapping[str, Any], key: str, problems: list[str]) -> int | None:
+    if key not in config:
+        return None
+    value = config[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            return int(str(value))
+        except ValueError:
+            problems.append(f"{key} must be an integer, got {value!r}")
+            return None
+    return value

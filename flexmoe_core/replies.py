@@ -1,0 +1,133 @@
+"""Validation of what clients send back, before any of it can touch the global model or Q.
+
+Edge clients fail, lie and run buggy code. A reply is accepted only if it carries
+exactly the arrays it was sent (same keys, shapes, dtypes), every value is finite,
+and its metrics are in range. A rejected reply raises `ReplyError` naming the
+field, and the caller drops the whole reply: nothing of it is aggregated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from flexmoe_core.aggregation import ClientUpdate
+
+# Metric keys of the ClientApp's replies (kebab-case, Flower convention).
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+EXPERT_USAGE = "expert-usage"
+EXPERT_ACCURACY = "expert-accuracy"
+EXPERT_LOSS = "expert-loss"
+ACCURACY = "accuracy"
+LOSS = "loss"
+
+
+class ReplyError(ValueError):
+    """A client's reply is unusable; `field` names what was wrong."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {reason}")
+
+
+@dataclass(frozen=True)
+class TrainFeedback:
+    """A validated training reply: the update to aggregate and the fitness feedback."""
+
+    update: ClientUpdate
+    accuracy: np.ndarray
+    loss: np.ndarray
+    train_loss: float
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    num_examples: int
+    accuracy: float
+    loss: float
+
+
+def validate_train_reply(sent: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray],
+                         metrics: Mapping[str, Any], num_experts: int) -> TrainFeedback:
+    """Check a training reply against what was sent; return the parts the server uses."""
+    _check_arrays(sent, arrays)
+    num_examples = _count(metrics, NUM_EXAMPLES)
+    if num_examples == 0:
+        raise ReplyError(NUM_EXAMPLES, "a training reply must cover at least one example")
+    usage = _per_expert(metrics, EXPERT_USAGE, num_experts, low=0.0, high=float(num_examples))
+    accuracy = _per_expert(metrics, EXPERT_ACCURACY, num_experts, low=0.0, high=1.0)
+    loss = _per_expert(metrics, EXPERT_LOSS, num_experts, low=0.0, high=math.inf)
+    train_loss = _scalar(metrics, TRAIN_LOSS, low=0.0, high=math.inf)
+    held = held_experts(sent)
+    unheld_usage = [e for e in range(num_experts) if e not in held and usage[e] > 0]
+    if unheld_usage:
+        raise ReplyError(EXPERT_USAGE, f"reports usage for experts {unheld_usage} it did not hold")
+    update = ClientUpdate(state=dict(arrays), num_examples=num_examples, usage=usage)
+    return TrainFeedback(update=update, accuracy=accuracy, loss=loss, train_loss=train_loss)
+
+
+def validate_eval_reply(metrics: Mapping[str, Any]) -> EvalOutcome:
+    """Check an evaluation reply's metrics (accuracy in [0, 1], finite loss, example count)."""
+    return EvalOutcome(
+        num_examples=_count(metrics, NUM_EXAMPLES),
+        accuracy=_scalar(metrics, ACCURACY, low=0.0, high=1.0),
+        loss=_scalar(metrics, LOSS, low=0.0, high=math.inf),
+    )
+
+
+def held_experts(state: Mapping[str, np.ndarray]) -> list[int]:
+    """Expert ids present in a state dict (keys `experts.{e}.*`)."""
+    return sorted({int(key.split(".")[1]) for key in state if key.startswith("experts.")})
+
+
+def _check_arrays(sent: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray]) -> None:
+    extra = sorted(set(arrays) - set(sent))
+    if extra:
+        raise ReplyError("arrays", f"keys that were not sent to this client: {extra[:5]}")
+    missing = sorted(set(sent) - set(arrays))
+    if missing:
+        raise ReplyError("arrays", f"missing keys that were sent: {missing[:5]}")
+    for key, reference in sent.items():
+        value = arrays[key]
+        if value.shape != reference.shape:
+            raise ReplyError(f"arrays[{key}]", f"shape {value.shape}, expected {reference.shape}")
+        if value.dtype != reference.dtype:
+            raise ReplyError(f"arrays[{key}]", f"dtype {value.dtype}, expected {reference.dtype}")
+        if not np.all(np.isfinite(value)):
+            raise ReplyError(f"arrays[{key}]", "contains NaN or Inf")
+
+
+def _count(metrics: Mapping[str, Any], key: str) -> int:
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ReplyError(key, f"must be a non-negative integer, got {value!r}")
+    if value < 0 or float(value) != int(value):
+        raise ReplyError(key, f"must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _scalar(metrics: Mapping[str, Any], key: str, *, low: float, high: float) -> float:
+    value = metrics.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ReplyError(key, f"must be a finite number, got {value!r}")
+    if not low <= value <= high:
+        raise ReplyError(key, f"must be in [{low}, {high}], got {value!r}")
+    return float(value)
+
+
+def _per_expert(metrics: Mapping[str, Any], key: str, num_experts: int, *, low: float, high: float) -> np.ndarray:
+    value = metrics.get(key)
+    if not isinstance(value, (list, tuple)) or len(value) != num_experts:
+        got = len(value) if isinstance(value, (list, tuple)) else type(value).__name__
+        raise ReplyError(key, f"must be a list of length num-experts={num_experts}, got {got}")
+    array = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(array)):
+        raise ReplyError(key, "contains NaN or Inf")
+    if np.any(array < low) or np.any(array > high):
+        raise ReplyError(key, f"values must be in [{low}, {high}], got min {array.min()}, max {array.max()}")
+    return array

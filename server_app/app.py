@@ -1,0 +1,148 @@
+"""FLEX-MoE ServerApp: validate settings, build the global model, run rounds, write results."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from flexmoe_core.config import Settings, dataset_shape
+from flexmoe_core.model import build_global_state
+from flexmoe_core.results import ResultsWriter, load_checkpoint, save_checkpoint
+from server_app.strategy import FlexMoEStrategy, to_arrays, to_record
+
+log = logging.getLogger("flexmoe.server")
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Entry point called by Flower (simulation engine and deployment alike)."""
+    _configure_logging()
+    settings = Settings.from_run_config(context.run_config)  # stops here, before round 1, on bad settings
+    run = FederatedRun(settings, grid)
+    run.execute()
+
+
+class FederatedRun:
+    """The round loop with results and a checkpoint written after every round."""
+
+    def __init__(self, settings: Settings, grid: Grid) -> None:
+        self.settings = settings
+        self.grid = grid
+        self.writer = ResultsWriter(settings.results_dir)
+        shape = dataset_shape(settings.dataset)
+        initial = build_global_state(settings.num_experts, num_classes=shape.num_classes,
+                                     in_channels=shape.in_channels, image_size=shape.image_size,
+                                     arch=settings.model, top_r=settings.top_r, seed=settings.seed)
+        self.strategy = FlexMoEStrategy(settings, initial)
+        self.rounds: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []
+        self.first_round = 1
+        if settings.resume:
+            self._resume()
+        self.writer.write_config(settings.to_run_config())
+
+    def execute(self) -> None:
+        s = self.settings
+        self.strategy.summary()
+        log.info("results -> %s (rounds %d..%d)", Path(s.results_dir).resolve(), self.first_round,
+                 s.num_server_rounds)
+        started = time.perf_counter()
+        for server_round in range(self.first_round, s.num_server_rounds + 1):
+            row = self._round(server_round)
+            self.rounds.append(row)
+            self.history.append(self.strategy.assignment_record(server_round))
+            self._persist(server_round)
+            log.info("[round %d/%d] accuracy %.4f (p10 %.4f) | load CV %.3f, routed CV %.3f | clients %d/%d ok"
+                     " | solve %.3fs, round %.1fs, elapsed %.0fs", server_round, s.num_server_rounds,
+                     row.get("accuracy", float("nan")), row.get("accuracy-p10", float("nan")), row["load-cv"],
+                     row["routed-load-cv"], row["num-completed"], row["num-sampled"], row["solve-seconds"],
+                     row["round-seconds"], time.perf_counter() - started)
+        log.info("run finished: %d rounds, results in %s", len(self.rounds), Path(s.results_dir).resolve())
+
+    def _round(self, server_round: int) -> dict[str, Any]:
+        timeout = self.settings.round_timeout
+        start = time.perf_counter()
+        server_seconds = 0.0
+
+        def timed(fn, *args):  # time spent in server-side logic, not waiting for clients
+            nonlocal server_seconds
+            t0 = time.perf_counter()
+            out = fn(*args)
+            server_seconds += time.perf_counter() - t0
+            return out
+
+        arrays = to_record(self.strategy.global_state)
+        messages = timed(self.strategy.configure_train, server_round, arrays, ConfigRecord(), self.grid)
+        replies = self.grid.send_and_receive(messages, timeout=timeout)
+        arrays, train_metrics = timed(self.strategy.aggregate_train, server_round, replies)
+        messages = timed(self.strategy.configure_evaluate, server_round, arrays, ConfigRecord(), self.grid)
+        replies = self.grid.send_and_receive(messages, timeout=timeout) if messages else []
+        eval_metrics = timed(self.strategy.aggregate_evaluate, server_round, replies)
+        row: dict[str, Any] = {"round": server_round}
+        row.update(dict(eval_metrics or {}))
+        row.update(dict(train_metrics or {}))
+        row["server-seconds"] = server_seconds
+        row["round-seconds"] = time.perf_counter() - start
+        return row
+
+    def _persist(self, server_round: int) -> None:
+        """Results first, checkpoint last: a checkpoint never points past results on disk."""
+        s = self.settings
+        self.writer.write_rounds(self.rounds)
+        self.writer.write_assignments(self.history, self.strategy.fitness.to_dict())
+        self.writer.write_plots(self.rounds, self.history, s.num_experts, f"{s.assignment}, {s.dataset}")
+        state = {
+            "round": server_round,
+            "config": s.to_run_config(),
+            "fitness": self.strategy.fitness.to_dict(),
+            "loads": self.strategy.loads.to_dict(),
+            "rng": self.strategy.rng.bit_generator.state,
+            "rounds": self.rounds,
+            "history": self.history,
+        }
+        save_checkpoint(self.writer.checkpoint_path, self.strategy.global_state, state)
+
+    def _resume(self) -> None:
+        arrays, state = load_checkpoint(self.writer.checkpoint_path)
+        _check_compatible(state["config"], self.settings)
+        from flexmoe_core.assignment import LoadTracker
+        from flexmoe_core.fitness import FitnessTable
+
+        self.strategy.global_state = arrays
+        self.strategy.fitness = FitnessTable.from_dict(state["fitness"])
+        self.strategy.loads = LoadTracker.from_dict(state["loads"])
+        self.strategy.rng.bit_generator.state = state["rng"]
+        self.rounds = state["rounds"]
+        self.history = state["history"]
+        self.first_round = int(state["round"]) + 1
+        log.info("resumed from %s after round %d", self.writer.checkpoint_path, state["round"])
+
+
+# Settings that change what the checkpoint means; the rest (rounds, timeouts, ...) may differ on resume.
+_RESUME_MUST_MATCH = ("num-experts", "model", "dataset", "partition", "dirichlet-alpha", "classes-per-client",
+                      "assignment", "fitness", "seed", "top-r", "max-samples-per-client")
+
+
+def _check_compatible(saved: dict[str, Any], settings: Settings) -> None:
+    current = settings.to_run_config()
+    different = [f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}" for k in _RESUME_MUST_MATCH
+                 if saved.get(k) != current[k]]
+    if different:
+        raise ValueError("cannot resume: settings differ from the checkpoint's:\n  " + "\n  ".join(different))
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("flexmoe")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
