@@ -55,11 +55,13 @@ class RunOutcome:
 class SimulationSuperLink:
     """A SuperLink in simulation mode with a private FLWR_HOME; use as a context manager."""
 
-    def __init__(self, num_supernodes: int, *, num_cpus_per_client: float = 1.0, flwr_home: str | None = None,
-                 extra_options: Mapping[str, Any] | None = None) -> None:
-        self.num_supernodes = num_supernodes
-        self.num_cpus_per_client = num_cpus_per_client
-        self.extra_options = dict(extra_options or {})
+    def __init__(self, num_supernodes: int, *, num_cpus_per_client: int = 1, flwr_home: str | None = None,
+                 federation_config: Mapping[str, Any] | None = None) -> None:
+        # Simulation settings travel with each run (`flwr run --federation-config`), Flower 1.41's way.
+        self.federation_config: dict[str, Any] = {"num-supernodes": num_supernodes,
+                                                  "client-resources-num-cpus": num_cpus_per_client,
+                                                  "client-resources-num-gpus": 0.0,
+                                                  **dict(federation_config or {})}
         self._own_home = flwr_home is None
         self.flwr_home = Path(flwr_home or tempfile.mkdtemp(prefix="flexmoe-flwr-home-"))
         # Flower 1.41 serves the Runtime, Control and Fleet APIs on one HTTP port.
@@ -114,7 +116,8 @@ class SimulationSuperLink:
             echo: bool = True) -> RunOutcome:
         """Submit one run, stream its logs, and return its final status from the SuperLink."""
         overrides = " ".join(f"{key}={_toml_value(value)}" for key, value in run_config.items())
-        command = [_bin("flwr"), "run", str(app_dir), FEDERATION, "--stream"]
+        federation = " ".join(f"{key}={_toml_value(value)}" for key, value in self.federation_config.items())
+        command = [_bin("flwr"), "run", str(app_dir), FEDERATION, "--stream", "--federation-config", federation]
         if overrides:
             command += ["--run-config", overrides]
         start = time.perf_counter()
@@ -147,12 +150,8 @@ class SimulationSuperLink:
         return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
     def _write_config(self) -> None:
-        options = {"num-supernodes": self.num_supernodes,
-                   "backend": {"client-resources": {"num-cpus": self.num_cpus_per_client, "num-gpus": 0.0}}}
-        options.update(self.extra_options)
         lines = ["[superlink]", f'default = "{FEDERATION}"', "", f"[superlink.{FEDERATION}]",
                  f'address = "127.0.0.1:{self.port}"', "insecure = true"]
-        lines += [f"options.{key} = {_toml_value(value)}" for key, value in _flatten(options).items()]
         (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
 
     def _wait_healthy(self, log_file: Path, timeout: float = 60.0) -> None:
@@ -172,16 +171,6 @@ class SimulationSuperLink:
 def _run_id(log_text: str) -> int | None:
     match = re.search(r"run (?:id )?(\d+)", log_text, flags=re.IGNORECASE)
     return int(match.group(1)) if match else None
-
-
-def _flatten(options: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in options.items():
-        if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def _toml_value(value: Any) -> str:

