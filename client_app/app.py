@@ -40,6 +40,8 @@ def describe(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     settings, node = load_settings(context)
+    if node.client_id in settings.crashing_clients:
+        raise RuntimeError(f"injected crash of client {node.client_id} (crash-clients setting)")
     server_round = int(msg.content["config"]["server-round"])
     model = build_model(msg, settings, context, node, gate_round=server_round - 1)
     train_set, _ = local_data(settings, node)
@@ -100,7 +102,7 @@ def build_model(msg: Message, settings: Settings, context: Context, node: NodeSe
     torch.manual_seed(_client_seed(settings, node, 0))
     model = MoEClassifier(settings.num_experts, held, num_classes=shape.num_classes,
                           in_channels=shape.in_channels, image_size=shape.image_size, arch=settings.model,
-                          top_r=settings.top_r)
+                          top_r=settings.top_r, expert_hidden=settings.expert_hidden)
     model.load_shared_state(state)
     gate = load_gate(context, node, gate_round)
     if gate is not None:

@@ -14,36 +14,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# The one source of dataset shapes (constants only: importing it loads no data).
+from flexmoe_core.data import SPECS
+from flexmoe_core.data import spec_of as dataset_shape  # noqa: F401 - re-exported for the apps
+
 ASSIGNMENT_METHODS = ("flexmoe", "greedy", "random", "static", "dense")
 SOLVERS = ("auto", "cvxpy", "fast")
 FITNESS_MODES = ("accuracy", "loss")
 PARTITIONS = ("iid", "dirichlet", "classes")
 MODELS = ("cnn", "resnet")
 
-
-@dataclass(frozen=True)
-class DatasetShape:
-    """What the model must be built for; known without loading the data."""
-
-    num_classes: int
-    in_channels: int
-    image_size: int
-
-
-# The server builds the global model from these without touching the data (it may not have it).
-DATASET_SHAPES = {
-    "fashion-mnist": DatasetShape(10, 1, 28),
-    "mnist": DatasetShape(10, 1, 28),
-    "emnist": DatasetShape(47, 1, 28),
-    "cifar10": DatasetShape(10, 3, 32),
-    "gtsrb": DatasetShape(43, 3, 32),
-}
-
-
-def dataset_shape(name: str) -> DatasetShape:
-    if name not in DATASET_SHAPES:
-        raise ValueError(f"dataset must be one of {', '.join(DATASET_SHAPES)}; got {name!r}")
-    return DATASET_SHAPES[name]
 
 
 class SettingsError(ValueError):
@@ -65,6 +45,7 @@ class Settings:
     capacity_profile: str = ""
     top_r: int = 2
     model: str = "cnn"
+    expert_hidden: int = 256
     local_epochs: int = 1
     batch_size: int = 32
     lr: float = 0.05
@@ -92,6 +73,8 @@ class Settings:
     results_dir: str = "results/latest"
     client_state_dir: str = ""
     resume: bool = False
+    # Fault injection for resilience tests and demos: these client ids raise during training.
+    crash_clients: str = ""
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> Settings:
@@ -124,15 +107,16 @@ class Settings:
             check.between("capacity-profile", k, 1, self.num_experts, "every entry in 1..num-experts")
         check.between("top-r", self.top_r, 1, self.num_experts, "1 <= top-r <= num-experts")
         check.choice("model", self.model, MODELS)
+        check.at_least("expert-hidden", self.expert_hidden, 1)
         check.at_least("local-epochs", self.local_epochs, 1)
         check.at_least("batch-size", self.batch_size, 1)
         check.positive("lr", self.lr)
-        check.choice("dataset", self.dataset, tuple(DATASET_SHAPES))
+        check.choice("dataset", self.dataset, tuple(SPECS))
         check.at_least("max-samples-per-client", self.max_samples_per_client, 0)
         check.open_unit("test-fraction", self.test_fraction)
         check.choice("partition", self.partition, PARTITIONS)
         check.positive("dirichlet-alpha", self.dirichlet_alpha)
-        num_classes = DATASET_SHAPES[self.dataset].num_classes if self.dataset in DATASET_SHAPES else 10
+        num_classes = SPECS[self.dataset].num_classes if self.dataset in SPECS else 10
         check.between("classes-per-client", self.classes_per_client, 1, num_classes,
                       f"1..{num_classes} (classes of {self.dataset})")
         check.choice("assignment", self.assignment, ASSIGNMENT_METHODS)
@@ -151,6 +135,10 @@ class Settings:
         if not self.results_dir.strip():
             out.append("results-dir must be a non-empty path")
         return out
+
+    @property
+    def crashing_clients(self) -> frozenset[str]:
+        return frozenset(c.strip() for c in self.crash_clients.split(",") if c.strip())
 
     @property
     def capacities(self) -> tuple[int, ...]:

@@ -39,7 +39,8 @@ class FederatedRun:
         shape = dataset_shape(settings.dataset)
         initial = build_global_state(settings.num_experts, num_classes=shape.num_classes,
                                      in_channels=shape.in_channels, image_size=shape.image_size,
-                                     arch=settings.model, top_r=settings.top_r, seed=settings.seed)
+                                     arch=settings.model, top_r=settings.top_r,
+                                     expert_hidden=settings.expert_hidden, seed=settings.seed)
         self.strategy = FlexMoEStrategy(settings, initial)
         self.rounds: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
@@ -88,7 +89,8 @@ class FederatedRun:
         row: dict[str, Any] = {"round": server_round}
         row.update(dict(eval_metrics or {}))
         row.update(dict(train_metrics or {}))
-        row["server-seconds"] = server_seconds
+        # Server overhead = assignment + aggregation + bookkeeping, not waiting for nodes to join.
+        row["server-seconds"] = server_seconds - row.get("discovery-seconds", 0.0)
         row["round-seconds"] = time.perf_counter() - start
         return row
 

@@ -53,6 +53,7 @@ class RoundPlan:
     assignment: np.ndarray
     sent: dict[int, dict[str, np.ndarray]]
     solve_seconds: float
+    discovery_seconds: float  # waiting for and describing new nodes: not server compute
     completed: list[int] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
 
@@ -103,13 +104,15 @@ class FlexMoEStrategy(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
         self.global_state = to_arrays(arrays)
+        waited = time.perf_counter()
         node_ids = self.sample(self.wait_for_clients(grid))
+        discovery_seconds = time.perf_counter() - waited
         clients = [self.nodes[n] for n in node_ids]
         start = time.perf_counter()
         x = self.assign(clients)
         solve_seconds = time.perf_counter() - start
         sent = {n: select_experts(self.global_state, np.flatnonzero(row).tolist()) for n, row in zip(node_ids, x)}
-        self.plan = RoundPlan(node_ids, clients, x, sent, solve_seconds)
+        self.plan = RoundPlan(node_ids, clients, x, sent, solve_seconds, discovery_seconds)
         return [self._message(n, sent[n], server_round, config, MessageType.TRAIN) for n in node_ids]
 
     def aggregate_train(self, server_round: int,
@@ -298,6 +301,7 @@ class FlexMoEStrategy(Strategy):
             "bytes-up-per-client": float(np.mean(bytes_up)) if bytes_up else 0.0,
             "bytes-down-vs-dense": mean_down / self.dense_bytes,
             "solve-seconds": plan.solve_seconds,
+            "discovery-seconds": plan.discovery_seconds,
         }
 
     def assignment_record(self, server_round: int) -> dict[str, Any]:

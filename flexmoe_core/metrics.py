@@ -1,0 +1,103 @@
+"""Per-round metrics of FLEX-MoE: expert load balance and client accuracy spread.
+
+Balance is reported three ways because each answers a different question: the
+variance is in the load's own units, the coefficient of variation (std / mean) is
+scale-free and is the figure the paper quotes (greedy > 0.29 vs about 0.003 balanced),
+and Jain's index reads as "fraction of experts used fairly" (1 = perfectly even,
+1/E = a single expert takes everything).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _vector(name: str, values: Any) -> np.ndarray:
+    """A non-empty, finite, 1-D float64 copy of `values`."""
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {array.shape}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must be finite, got {array.tolist()}")
+    return array
+
+
+def expert_load(x: Any) -> np.ndarray:
+    """(E,) float64 load per expert: the column sums of an (N, E) assignment matrix.
+
+    With a 0/1 assignment this is the number of clients holding each expert; with a
+    matrix of routed-sample counts it is the routed-sample load.
+    """
+    matrix = np.asarray(x)
+    if matrix.ndim != 2:
+        raise ValueError(f"assignment matrix x must be 2-D (clients, experts), got shape {matrix.shape}")
+    load = matrix.sum(axis=0, dtype=np.float64)
+    if not np.all(np.isfinite(load)):
+        raise ValueError("assignment matrix x must be finite")
+    return load
+
+
+def variance(v: Any) -> float:
+    """Population variance (ddof=0): the load vector is the whole population of experts."""
+    return float(np.var(_vector("v", v)))
+
+
+def coefficient_of_variation(v: Any) -> float:
+    """Population std / mean; 0.0 when the mean is 0 (no load at all is not imbalance)."""
+    array = _vector("v", v)
+    mean = array.mean()
+    if mean == 0.0:
+        return 0.0
+    return float(array.std() / mean)
+
+
+def jain_index(v: Any) -> float:
+    """Jain's fairness index (sum v)^2 / (n * sum v^2), in [1/n, 1]; 1.0 for all zeros."""
+    array = _vector("v", v)
+    if np.any(array < 0):
+        raise ValueError(f"jain_index needs non-negative values, got {array.tolist()}")
+    squares = float(np.dot(array, array))
+    if squares == 0.0:
+        return 1.0  # nothing allocated to anyone: equally (un)served
+    return float(array.sum() ** 2 / (array.size * squares))
+
+
+def load_summary(v: Any) -> dict[str, float]:
+    """Balance figures of one load vector, for per-round logging."""
+    array = _vector("v", v)
+    return {
+        "variance": variance(array),
+        "cv": coefficient_of_variation(array),
+        "jain": jain_index(array),
+        "min": float(array.min()),
+        "max": float(array.max()),
+    }
+
+
+def accuracy_summary(accuracies: Any, num_examples: Any) -> dict[str, float]:
+    """Federation accuracy and its spread across clients.
+
+    mean is weighted by each client's number of test examples (the accuracy over all
+    test samples pooled); min, p10 (10th percentile, linear interpolation) and median
+    are taken across clients unweighted, because they describe how the worst-served
+    clients fare, whatever their size.
+    """
+    acc = _vector("accuracies", accuracies)
+    counts = _vector("num_examples", num_examples)
+    if counts.shape != acc.shape:
+        raise ValueError(
+            f"accuracies and num_examples must have the same length, got {acc.size} and {counts.size}"
+        )
+    if np.any(counts < 0):
+        raise ValueError(f"num_examples must be >= 0, got {counts.tolist()}")
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("num_examples must have a positive sum")
+    return {
+        "mean": float(np.dot(acc, counts) / total),
+        "min": float(acc.min()),
+        "p10": float(np.percentile(acc, 10, method="linear")),
+        "median": float(np.median(acc)),
+    }

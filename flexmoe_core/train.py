@@ -1,0 +1,164 @@
+"""Local training with per-expert feedback, and evaluation, for ``MoEClassifier``.
+
+The feedback is what the server's fitness table and expert aggregation consume, one
+entry per GLOBAL expert id (arrays of length E, zeros for experts the client does not
+hold):
+
+* ``usage[e]``    samples of the LAST epoch whose top-1 routed expert was e (so
+                  sum(usage) == num_examples);
+* ``accuracy[e]`` accuracy of expert e's OWN logits on those samples;
+* ``loss[e]``     mean cross-entropy of expert e's OWN logits on those samples;
+* ``routing_mass[e]`` sum over the last epoch's samples of e's gate probability (the
+                  soft alternative to ``usage`` the design mentions).
+
+Why the expert's own output and not the mixture's: the mixture output blends r experts
+with gate weights, so its accuracy credits (or blames) every expert in the mix for the
+others' work and for the gate's choices, and would change with whichever experts the
+client happened to hold alongside e. The fitness Q[c, e] must rank experts for this
+client's data, which is exactly what e's own predictions on the samples routed to it
+measure. The last epoch is used because it reflects the experts after adapting to the
+local data, and each sample counts once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from flexmoe_core.model import MoEClassifier, Routing
+
+
+@dataclass
+class ExpertFeedback:
+    """Per-expert feedback, arrays of length E indexed by global expert id."""
+
+    usage: np.ndarray  # int64
+    accuracy: np.ndarray  # float64, 0 where usage is 0
+    loss: np.ndarray  # float64, 0 where usage is 0
+    routing_mass: np.ndarray  # float64
+
+
+@dataclass
+class TrainResult:
+    num_examples: int  # samples in the local training set (= samples seen per epoch)
+    mean_loss: float  # mean mixture cross-entropy over the last epoch's samples
+    feedback: ExpertFeedback
+
+
+@dataclass
+class EvalResult:
+    num_examples: int
+    loss: float  # mean cross-entropy of the mixture
+    accuracy: float
+
+
+def train_local(model: MoEClassifier, dataset: Dataset, *, epochs: int, batch_size: int, lr: float,
+                seed: int, device: torch.device | str = "cpu") -> TrainResult:
+    """SGD (momentum 0.9) on the cross-entropy of the mixture output, in place on ``model``.
+
+    Deterministic given ``seed``: the shuffling uses its own torch.Generator (the model
+    has no other randomness), so the global RNG is neither used nor disturbed.
+    Feedback is gathered from the training forward passes of the last epoch (the
+    outputs that produced each step's loss), which costs no extra forward pass.
+    """
+    _check_positive_int("epochs", epochs)
+    _check_positive_int("batch_size", batch_size)
+    if not float(lr) >= 0.0:
+        raise ValueError(f"lr must be >= 0, got {lr!r}")
+    num_examples = len(dataset)  # type: ignore[arg-type]
+    if num_examples == 0:
+        raise ValueError("cannot train on an empty dataset (the client's partition has no training samples)")
+
+    device = torch.device(device)
+    model.to(device)
+    model.train()
+    generator = torch.Generator().manual_seed(int(seed))
+    loader = DataLoader(dataset, batch_size=int(batch_size), shuffle=True, generator=generator)
+    optimizer = torch.optim.SGD(model.parameters(), lr=float(lr), momentum=0.9)
+
+    num_experts = model.num_experts
+    for epoch in range(int(epochs)):
+        last_epoch = epoch == int(epochs) - 1
+        totals = _FeedbackTotals(num_experts, device)
+        for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)
+            logits, routing = model.forward_with_routing(images)
+            loss = F.cross_entropy(logits, labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if last_epoch:
+                totals.add(logits.detach(), routing, labels)
+    return TrainResult(num_examples=num_examples, mean_loss=totals.mean_loss(), feedback=totals.feedback())
+
+
+@torch.no_grad()
+def evaluate(model: MoEClassifier, dataset: Dataset, *, batch_size: int,
+             device: torch.device | str = "cpu") -> EvalResult:
+    """Mean cross-entropy and accuracy of the mixture output on ``dataset``.
+
+    An empty dataset gives (0, 0.0, 0.0): with weight num_examples = 0 it cannot move an
+    example-weighted average.
+    """
+    _check_positive_int("batch_size", batch_size)
+    device = torch.device(device)
+    model.to(device)
+    model.eval()
+    total_loss, correct, count = 0.0, 0, 0
+    for images, labels in DataLoader(dataset, batch_size=int(batch_size), shuffle=False):
+        images, labels = images.to(device), labels.to(device)
+        logits = model(images)
+        total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
+        correct += int((logits.argmax(dim=1) == labels).sum())
+        count += int(labels.shape[0])
+    if count == 0:
+        return EvalResult(num_examples=0, loss=0.0, accuracy=0.0)
+    return EvalResult(num_examples=count, loss=total_loss / count, accuracy=correct / count)
+
+
+class _FeedbackTotals:
+    """Running sums of one epoch's per-expert statistics, kept on the device."""
+
+    def __init__(self, num_experts: int, device: torch.device) -> None:
+        zeros = lambda dtype: torch.zeros(num_experts, dtype=dtype, device=device)  # noqa: E731
+        self.usage = zeros(torch.int64)
+        self.correct = zeros(torch.float64)
+        self.loss_sum = zeros(torch.float64)
+        self.mass = zeros(torch.float64)
+        self.mixture_loss_sum = 0.0
+        self.samples = 0
+
+    @torch.no_grad()
+    def add(self, mixture_logits: torch.Tensor, routing: Routing, labels: torch.Tensor) -> None:
+        own = routing.top1_expert_logits().detach()  # (B, C): the top-1 expert alone
+        own_loss = F.cross_entropy(own, labels, reduction="none").double()
+        own_correct = (own.argmax(dim=1) == labels).double()
+        top1 = routing.top1
+        self.usage += torch.bincount(top1, minlength=self.usage.numel())
+        self.correct.index_add_(0, top1, own_correct)
+        self.loss_sum.index_add_(0, top1, own_loss)
+        self.mass += routing.gate_probs.detach().double().sum(dim=0)
+        self.mixture_loss_sum += float(F.cross_entropy(mixture_logits, labels, reduction="sum"))
+        self.samples += int(labels.shape[0])
+
+    def mean_loss(self) -> float:
+        return self.mixture_loss_sum / self.samples if self.samples else 0.0
+
+    def feedback(self) -> ExpertFeedback:
+        usage = self.usage.cpu().numpy().astype(np.int64)
+        denominator = np.maximum(usage, 1).astype(np.float64)  # 0/1 = 0 where unused
+        return ExpertFeedback(
+            usage=usage,
+            accuracy=self.correct.cpu().numpy() / denominator,
+            loss=self.loss_sum.cpu().numpy() / denominator,
+            routing_mass=self.mass.cpu().numpy().astype(np.float64),
+        )
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
