@@ -43,6 +43,8 @@ def load_cv_plot(path: Path, rounds: Sequence[Mapping[str, Any]], title: str) ->
     x = [r["round"] for r in rounds]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(x, [r.get("load-cv", np.nan) for r in rounds], marker="o", label="clients holding each expert")
+    ax.plot(x, [r.get("cumulative-load-cv", np.nan) for r in rounds], marker="^", ls=":",
+            label="clients holding each expert, summed over rounds")
     ax.plot(x, [r.get("routed-load-cv", np.nan) for r in rounds], marker="s", ls="--",
             label="samples routed to each expert")
     ax.set(xlabel="round", ylabel="coefficient of variation (std/mean)", title=f"Expert-load balance — {title}")
@@ -79,7 +81,9 @@ def comparison_plot(path: Path, runs: Mapping[str, Sequence[Mapping[str, Any]]])
     for name, rounds in runs.items():
         x = [r["round"] for r in rounds]
         left.plot(x, [r.get("accuracy", np.nan) for r in rounds], marker="o", label=name)
-        right.plot(x, [r.get("load-cv", np.nan) for r in rounds], marker="o", label=name)
+        line, = right.plot(x, [r.get("load-cv", np.nan) for r in rounds], marker="o", label=f"{name} (per round)")
+        right.plot(x, [r.get("cumulative-load-cv", np.nan) for r in rounds], ls=":", color=line.get_color(),
+                   label=f"{name} (summed over rounds)")
     left.set(xlabel="round", ylabel="personalised test accuracy", title="Accuracy", ylim=(0, 1))
     right.set(xlabel="round", ylabel="expert-load CV", title="Expert-load imbalance (lower is better)")
     right.set_ylim(bottom=0)

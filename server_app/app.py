@@ -8,10 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from flexmoe_core.config import Settings, dataset_shape
+from flexmoe_core.metrics import coefficient_of_variation
 from flexmoe_core.model import build_global_state
 from flexmoe_core.results import ResultsWriter, load_checkpoint, save_checkpoint
 from server_app.strategy import FlexMoEStrategy, to_arrays, to_record
@@ -57,13 +60,14 @@ class FederatedRun:
         started = time.perf_counter()
         for server_round in range(self.first_round, s.num_server_rounds + 1):
             row = self._round(server_round)
+            self._add_cumulative_load(row)
             self.rounds.append(row)
             self.history.append(self.strategy.assignment_record(server_round))
             self._persist(server_round)
-            log.info("[round %d/%d] accuracy %.4f (p10 %.4f) | load CV %.3f, routed CV %.3f | clients %d/%d ok"
-                     " | solve %.3fs, round %.1fs, elapsed %.0fs", server_round, s.num_server_rounds,
-                     row.get("accuracy", float("nan")), row.get("accuracy-p10", float("nan")), row["load-cv"],
-                     row["routed-load-cv"], row["num-completed"], row["num-sampled"], row["solve-seconds"],
+            log.info("[round %d/%d] accuracy %.4f (p10 %.4f) | load CV %.3f (cumulative %.3f), routed CV %.3f"
+                     " | clients %d/%d ok | solve %.3fs, round %.1fs, elapsed %.0fs", server_round,
+                     s.num_server_rounds, row.get("accuracy", float("nan")), row.get("accuracy-p10", float("nan")),
+                     row["load-cv"], row["cumulative-load-cv"], row["routed-load-cv"], row["num-completed"], row["num-sampled"], row["solve-seconds"],
                      row["round-seconds"], time.perf_counter() - started)
         log.info("run finished: %d rounds, results in %s", len(self.rounds), Path(s.results_dir).resolve())
 
@@ -93,6 +97,13 @@ class FederatedRun:
         row["server-seconds"] = server_seconds - row.get("discovery-seconds", 0.0)
         row["round-seconds"] = time.perf_counter() - start
         return row
+
+    def _add_cumulative_load(self, row: dict[str, Any]) -> None:
+        """Expert load summed over all rounds so far: what the deficit term balances when a single
+        round cannot be exact (e.g. 10 clients x 2 experts over 8 experts gives loads of 2 or 3)."""
+        total = np.sum([r["expert-load"] for r in self.rounds] + [row["expert-load"]], axis=0)
+        row["cumulative-load"] = total.tolist()
+        row["cumulative-load-cv"] = coefficient_of_variation(total)
 
     def _persist(self, server_round: int) -> None:
         """Results first, checkpoint last: a checkpoint never points past results on disk."""

@@ -22,8 +22,6 @@ from flexmoe_core.results import atomic_write_bytes, atomic_write_json
 from server_app.launcher import SimulationSuperLink
 
 APP_DIR = Path(__file__).resolve().parents[1]
-COLUMNS = ("method", "accuracy", "accuracy-p10", "load-cv", "routed-load-cv", "load-jain",
-           "bytes-down-per-client", "bytes-down-vs-dense", "server-overhead", "wall-seconds")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,6 +92,7 @@ def summarise(method: str, results_dir: Path, wall_seconds: float) -> dict[str, 
         "accuracy": last.get("accuracy", float("nan")),
         "accuracy-p10": last.get("accuracy-p10", float("nan")),
         "load-cv": mean("load-cv"),
+        "cumulative-load-cv": last.get("cumulative-load-cv", float("nan")),
         "routed-load-cv": mean("routed-load-cv"),
         "load-jain": mean("load-jain"),
         "bytes-down-per-client": mean("bytes-down-per-client"),
@@ -118,9 +117,10 @@ def write_summary(out: Path, rows: list[dict[str, Any]], methods: list[str]) -> 
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ["method", "accuracy", "acc p10", "load CV", "routed CV", "Jain", "KiB down/client/round",
-              "vs dense", "server share", "wall s"]
+    header = ["method", "accuracy", "acc p10", "load CV/round", "load CV cumul.", "routed CV", "Jain",
+              "KiB down/client/round", "vs dense", "server share", "wall s"]
     body = [[r["method"], f"{r['accuracy']:.4f}", f"{r['accuracy-p10']:.4f}", f"{r['load-cv']:.3f}",
+             f"{r['cumulative-load-cv']:.3f}",
              f"{r['routed-load-cv']:.3f}", f"{r['load-jain']:.3f}", f"{r['bytes-down-per-client'] / 1024:.1f}",
              f"{r['bytes-down-vs-dense']:.3f}", f"{r['server-overhead']:.1%}", f"{r['wall-seconds']:.0f}"]
             for r in rows]
