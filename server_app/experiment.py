@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from flexmoe_core.config import ASSIGNMENT_METHODS, Settings
+from flexmoe_core.config import ASSIGNMENT_METHODS, Settings, dataset_shape
 from flexmoe_core.results import atomic_write_bytes, atomic_write_json
 from server_app.launcher import SimulationSuperLink
 
@@ -76,9 +76,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def expected_bytes_ratio(settings: Settings) -> float:
+    """(|psi| + k|theta|) / (|psi| + E|theta|): what a client holding k of E experts downloads vs dense."""
+    from flexmoe_core.aggregation import payload_bytes, select_experts
+    from flexmoe_core.model import build_global_state
+
+    shape = dataset_shape(settings.dataset)
+    state = build_global_state(settings.num_experts, num_classes=shape.num_classes,
+                               in_channels=shape.in_channels, image_size=shape.image_size, arch=settings.model,
+                               top_r=settings.top_r, expert_hidden=settings.expert_hidden, seed=0)
+    held = list(range(settings.num_experts if settings.assignment == "dense" else settings.capacity))
+    return payload_bytes(select_experts(state, held)) / payload_bytes(state)
+
+
 def summarise(method: str, results_dir: Path, wall_seconds: float) -> dict[str, Any]:
     """Final-round accuracy; balance and bytes averaged over rounds (what a deployment pays)."""
     rounds = json.loads((results_dir / "metrics.json").read_text())
+    settings = Settings.from_run_config(json.loads((results_dir / "config.json").read_text()))
     last = rounds[-1]
 
     def mean(key: str) -> float:
@@ -97,6 +111,7 @@ def summarise(method: str, results_dir: Path, wall_seconds: float) -> dict[str, 
         "load-jain": mean("load-jain"),
         "bytes-down-per-client": mean("bytes-down-per-client"),
         "bytes-down-vs-dense": mean("bytes-down-vs-dense"),
+        "bytes-expected-vs-dense": expected_bytes_ratio(settings),
         "server-overhead": server / total if total else float("nan"),
         "wall-seconds": wall_seconds,
         "rounds": len(rounds),
@@ -118,11 +133,12 @@ def write_summary(out: Path, rows: list[dict[str, Any]], methods: list[str]) -> 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     header = ["method", "accuracy", "acc p10", "load CV/round", "load CV cumul.", "routed CV", "Jain",
-              "KiB down/client/round", "vs dense", "server share", "wall s"]
+              "KiB down/client/round", "vs dense", "expected", "server share", "wall s"]
     body = [[r["method"], f"{r['accuracy']:.4f}", f"{r['accuracy-p10']:.4f}", f"{r['load-cv']:.3f}",
              f"{r['cumulative-load-cv']:.3f}",
              f"{r['routed-load-cv']:.3f}", f"{r['load-jain']:.3f}", f"{r['bytes-down-per-client'] / 1024:.1f}",
-             f"{r['bytes-down-vs-dense']:.3f}", f"{r['server-overhead']:.1%}", f"{r['wall-seconds']:.0f}"]
+             f"{r['bytes-down-vs-dense']:.3f}", f"{r['bytes-expected-vs-dense']:.3f}", f"{r['server-overhead']:.1%}",
+             f"{r['wall-seconds']:.0f}"]
             for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731

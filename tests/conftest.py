@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+import torch
+
+# One intra-op thread, as Flower's Ray backend gives each client: stable timings on 2-core machines.
+torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -15,17 +15,6 @@ from flexmoe_core.model import (
 E = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to a busy machine, where
-    two spinning OpenMP threads on two shared cores run 10-30x slower. Restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-
 def tiny_model(held, top_r=2, seed=0, **kwargs) -> MoEClassifier:
     torch.manual_seed(seed)
     return MoEClassifier(E, held, num_classes=5, in_channels=1, image_size=8, top_r=top_r,

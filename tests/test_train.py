@@ -14,15 +14,6 @@ from flexmoe_core.train import evaluate, train_local
 E = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one intra-op thread is fastest and immune to a busy machine, where
-    two spinning OpenMP threads on two shared cores run 10-30x slower. Restored after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 HELD = [1, 4, 5]
 
 
