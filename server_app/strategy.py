@@ -121,11 +121,13 @@ class FlexMoEStrategy(Strategy):
         accepted: dict[int, Any] = {}
         failed, rejected = 0, 0
         bytes_up: list[int] = []
+        seen: set[int] = set()
         for reply in replies:
             node = reply.metadata.src_node_id
-            if node not in plan.sent:
-                log.warning("round %d: ignoring a reply from node %d, which was not sent a task", server_round, node)
+            if node not in plan.sent or node in seen:
+                log.warning("round %d: ignoring an unexpected or repeated reply from node %d", server_round, node)
                 continue
+            seen.add(node)
             if reply.has_error():
                 failed += 1
                 log.warning("round %d: client %s failed: %s", server_round, self.nodes[node].client_id,

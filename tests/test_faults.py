@@ -119,3 +119,15 @@ def test_client_with_invalid_description_is_left_out(fake_grid):
     strategy = FlexMoEStrategy(settings, GLOBAL)
     messages = strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), fake_grid(clients))
     assert sorted(m.metadata.dst_node_id for m in messages) == [2, 3, 4]
+
+
+def test_repeated_or_unsolicited_replies_are_ignored(fake_grid):
+    clients = {node: HonestClient(*spec) for node, spec in SPECS.items()}
+    settings = Settings(num_experts=E, capacity=2, min_train_nodes=4, assignment="static")
+    strategy = FlexMoEStrategy(settings, GLOBAL)
+    grid = fake_grid(clients)
+    replies = grid.send_and_receive(strategy.configure_train(1, to_record(GLOBAL), ConfigRecord(), grid))
+    replies = replies + [replies[0]]  # node 1 answers twice
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["num-completed"] == 4
+    np.testing.assert_allclose(to_arrays(arrays)["extractor.w"], [2.9, 2.9], rtol=1e-6)  # counted once
