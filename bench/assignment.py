@@ -43,7 +43,7 @@ from flexmoe_core.assignment import METHODS, assign, load_bounds  # noqa: E402
 CASES = [(100, 8, 2), (1000, 8, 2), (1000, 64, 4), (10000, 8, 2)]
 LARGE_CASES = [(10000, 64, 4), (100000, 16, 2)]
 
-# Solves above this many variables get a single timed run (they take seconds each).
+# Slow methods (reference LP, cvxpy) get a single timed run above this many variables.
 SINGLE_RUN_SIZE = 200_000
 # cvxpy needs tens of seconds and several GiB above this size; skip it there.
 CVXPY_MAX_SIZE = 700_000
@@ -59,6 +59,7 @@ class Method:
     name: str
     solve: Solve
     max_size: int | None = None  # skip cases with N * E above this
+    slow: bool = False  # one timed solve (not --repeats) above SINGLE_RUN_SIZE
 
 
 def skewed_scores(num_clients: int, num_experts: int, seed: int) -> np.ndarray:
@@ -95,23 +96,13 @@ def _flexmoe(solver: str) -> Solve:
     return lambda w, k, lo, hi: assign(w, k, "flexmoe", solver=solver)
 
 
-def fast_solver_available() -> bool:
-    try:
-        import flexmoe_core.transport  # noqa: F401
-    except ModuleNotFoundError:
-        return False
-    return True
-
-
 def build_methods() -> list[Method]:
     methods = [
-        Method("scipy-highs (ref)", scipy_reference),
-        Method("flexmoe-cvxpy", _flexmoe("cvxpy"), max_size=CVXPY_MAX_SIZE),
+        Method("scipy-highs (ref)", scipy_reference, slow=True),
+        Method("flexmoe-cvxpy", _flexmoe("cvxpy"), max_size=CVXPY_MAX_SIZE, slow=True),
+        Method("flexmoe-fast", _flexmoe("fast")),
+        Method("greedy", lambda w, k, lo, hi: assign(w, k, "greedy", rng=0)),
     ]
-    if fast_solver_available():
-        methods.append(Method("flexmoe-fast", _flexmoe("fast")))
-    methods.append(Method("greedy", lambda w, k, lo, hi: assign(w, k, "greedy", rng=0)))
-    return methods
 
 
 def time_solve(method: Method, weights, capacity, l_min, l_max, repeats: int):
@@ -140,12 +131,12 @@ def run_case(case, methods: list[Method], repeats: int, seed: int) -> list[dict]
     weights = np.random.default_rng(seed).random((n, e))
     capacity = np.full(n, k, dtype=np.int64)
     l_min, l_max = load_bounds(capacity, e)
-    reps = 1 if n * e >= SINGLE_RUN_SIZE else repeats
     rows, ref_time, ref_obj = [], None, None
     for method in methods:
         if method.max_size is not None and n * e > method.max_size:
             rows.append({"case": list(case), "method": method.name, "skipped": "too large"})
             continue
+        reps = 1 if method.slow and n * e >= SINGLE_RUN_SIZE else repeats
         seconds, x = time_solve(method, weights, capacity, l_min, l_max, reps)
         if ref_time is None:  # the reference is first in the list
             ref_time, ref_obj = seconds, float(np.sum(weights * x))
@@ -209,7 +200,7 @@ def environment() -> dict:
 
     return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
             "cvxpy": cvxpy.__version__, "cpus": os.cpu_count(), "machine": platform.machine(),
-            "fast_solver": fast_solver_available(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from flexmoe_core.transport import solve_balanced_assignment
+
 METHODS = ("flexmoe", "greedy", "random", "static", "dense")
 SOLVERS = ("auto", "cvxpy", "fast")
 
@@ -318,17 +320,7 @@ def _repair_to_vertex(
 def _solve_fast(
     weights: np.ndarray, capacity: np.ndarray, l_min: int, l_max: int
 ) -> np.ndarray:
-    # Imported lazily: the specialised solver is optional for small problems.
-    from flexmoe_core.transport import solve_balanced_assignment
-
     return np.asarray(solve_balanced_assignment(weights, capacity, l_min, l_max))
-
-
-def _fast_solver_available() -> bool:
-    """True when flexmoe_core.transport exists (a broken one still fails loudly on use)."""
-    import importlib.util
-
-    return importlib.util.find_spec("flexmoe_core.transport") is not None
 
 
 def _verify_assignment(x: np.ndarray, capacity: np.ndarray, l_min: int, l_max: int) -> None:
@@ -351,9 +343,7 @@ def _assign_flexmoe(
     num_clients, num_experts = weights.shape
     l_min, l_max = load_bounds(capacity, num_experts, load_slack)
     use_fast = solver == "fast" or (
-        solver == "auto"
-        and num_clients * num_experts > FAST_SOLVER_THRESHOLD
-        and _fast_solver_available()
+        solver == "auto" and num_clients * num_experts > FAST_SOLVER_THRESHOLD
     )
     if use_fast:
         point = _solve_fast(weights, capacity, l_min, l_max).astype(np.float64)

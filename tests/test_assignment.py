@@ -169,7 +169,6 @@ def test_auto_dispatches_on_size(monkeypatch):
         return asg._assign_static(weights.shape, capacity)  # balanced, valid for slack 0
 
     monkeypatch.setattr(asg, "_solve_fast", fake_fast)
-    monkeypatch.setattr(asg, "_fast_solver_available", lambda: True)
     monkeypatch.setattr(asg, "FAST_SOLVER_THRESHOLD", 40)
     assign(np.random.default_rng(0).random((5, 8)), 2, solver="auto")  # 40 vars: cvxpy
     assert calls == []
