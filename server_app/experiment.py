@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def expected_bytes_ratio(settings: Settings) -> float:
-    """(|psi| + k|theta|) / (|psi| + E|theta|): what a client holding k of E experts downloads vs dense."""
+    """(|psi| + k|theta|) / (|psi| + E|theta|): what a client holding k of E experts downloads vs dense;
+    averaged over the capacity profile when capacities differ (cycled over partitions)."""
     from flexmoe_core.aggregation import payload_bytes, select_experts
     from flexmoe_core.model import build_global_state
 
@@ -85,8 +86,11 @@ def expected_bytes_ratio(settings: Settings) -> float:
     state = build_global_state(settings.num_experts, num_classes=shape.num_classes,
                                in_channels=shape.in_channels, image_size=shape.image_size, arch=settings.model,
                                top_r=settings.top_r, expert_hidden=settings.expert_hidden, seed=0)
-    held = list(range(settings.num_experts if settings.assignment == "dense" else settings.capacity))
-    return payload_bytes(select_experts(state, held)) / payload_bytes(state)
+    if settings.assignment == "dense":
+        return 1.0
+    ratios = [payload_bytes(select_experts(state, list(range(k)))) / payload_bytes(state)
+              for k in settings.capacities or (settings.capacity,)]
+    return sum(ratios) / len(ratios)
 
 
 def summarise(method: str, results_dir: Path, wall_seconds: float) -> dict[str, Any]:
