@@ -149,8 +149,6 @@ def test_flexmoe_balances_skewed_scores_where_greedy_does_not():
 
 
 def test_fast_solver_matches_reference():
-    transport = pytest.importorskip("flexmoe_core.transport")
-    assert hasattr(transport, "solve_balanced_assignment")
     rng = np.random.default_rng(7)
     scores = skewed_scores(60, 8, seed=7)
     capacity = rng.choice([1, 2, 4], size=60)
@@ -327,3 +325,24 @@ def test_infeasible_load_bounds_raise_value_error():
         load_bounds(np.full(3, 5), 4)  # k_c > E: no row can pick 5 distinct experts
     with pytest.raises(ValueError, match="load_slack"):
         load_bounds(np.full(3, 2), 4, -0.5)
+
+
+@pytest.mark.parametrize("kind", ["random", "skewed", "ties"])
+def test_fast_and_cvxpy_paths_reach_the_same_optimum_with_a_deficit(kind):
+    """Both solvers behind assign() optimise Q + lambda*d under the same bounds."""
+    rng = np.random.default_rng(11)
+    scores = {
+        "random": rng.random((300, 16)),
+        "skewed": skewed_scores(300, 16, seed=11),
+        "ties": rng.integers(0, 3, size=(300, 16)).astype(float),
+    }[kind]
+    capacity = rng.choice([1, 2, 3], size=300)
+    deficit = rng.normal(size=16)
+    kwargs = dict(load_slack=0.2, deficit=deficit, deficit_weight=0.3)
+    x_fast = assign(scores, capacity, solver="fast", **kwargs)
+    x_cvxpy = assign(scores, capacity, solver="cvxpy", **kwargs)
+    l_min, l_max = load_bounds(capacity, 16, 0.2)
+    assert_valid(x_fast, capacity, l_min, l_max)
+    weights = scores + 0.3 * deficit[None, :]
+    assert float(np.sum(weights * x_fast)) == pytest.approx(float(np.sum(weights * x_cvxpy)), rel=1e-9)
+    assert float(np.sum(weights * x_fast)) == pytest.approx(reference_optimum(weights, capacity, l_min, l_max), rel=1e-9)
