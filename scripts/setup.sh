@@ -4,11 +4,18 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 
-if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
-  echo "== installing the offline Fashion-MNIST (Debian package dataset-fashion-mnist)"
+# Debian packages: the offline Fashion-MNIST, and the tools the deployment tests use
+# (openssl for the TLS certificates, ssh-keygen for SuperNode keys, ip for Ray's netns).
+apt_packages=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || apt_packages+=(dataset-fashion-mnist)
+command -v openssl >/dev/null || apt_packages+=(openssl)
+command -v ssh-keygen >/dev/null || apt_packages+=(openssh-client)
+command -v ip >/dev/null || apt_packages+=(iproute2)
+if [ ${#apt_packages[@]} -gt 0 ]; then
+  echo "== installing Debian packages: ${apt_packages[*]}"
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq || true
-  $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  $SUDO apt-get install -y -qq "${apt_packages[@]}" >/dev/null
 fi
 
 if [ ! -x .venv/bin/python ]; then
