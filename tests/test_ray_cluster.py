@@ -36,8 +36,7 @@ NUM_SIMULATED_NODES = 4
 NUM_ROUNDS = 2
 DEMO_TIMEOUT = 300  # seconds; the demo itself takes about 1-2 minutes on 2 busy cores
 
-pytestmark = pytest.mark.skipif(not (VENV_BIN / "ray").exists(),
-                                reason="ray is not installed (pip install 'flwr[simulation]')")
+pytestmark = pytest.mark.integration
 
 
 def netns_available() -> bool:

@@ -11,6 +11,8 @@ import pytest
 
 from server_app.launcher import SimulationSuperLink
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
