@@ -32,6 +32,8 @@ from pathlib import Path
 
 import pytest
 
+from server_app.launcher import free_port
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: tomli is a dependency of flwr
@@ -55,12 +57,6 @@ def tool(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def children_of(pid: int) -> list[int]:
     """Direct children of `pid` from /proc (no psutil in the venv)."""
     kids = []
