@@ -415,7 +415,8 @@ phase_end
 
 # ------------------------------------------------------------------------ run
 phase_start "2-round run"
-RUN_CONFIG="num-server-rounds=2 max-samples-per-client=100 results-dir='/app/results/smoke'"
+# Enough data that the two rounds visibly train (100 samples leave the model at the majority class).
+RUN_CONFIG="num-server-rounds=2 max-samples-per-client=400 local-epochs=2 results-dir='/app/results/smoke'"
 SUBMITTED="$(flwr_json run . "$CONNECTION" --run-config "$RUN_CONFIG")"
 RUN_ID="$(python3 -c 'import json, sys; a = json.loads(sys.argv[1] or "{}"); print(a.get("run-id", "") if a.get("success") else "")' "$SUBMITTED")" ||
     RUN_ID=""
