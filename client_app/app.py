@@ -14,6 +14,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app.partitions import FlowerPartitioning
 from flexmoe_core.config import NodeSettings, Settings, SettingsError, dataset_shape
 from flexmoe_core.data import client_datasets
 from flexmoe_core.model import MoEClassifier, pick_device
@@ -84,9 +85,8 @@ def load_settings(context: Context) -> tuple[Settings, NodeSettings]:
 def local_data(settings: Settings, node: NodeSettings):
     """This client's (train, test) split; cached in-process because every round asks again."""
     return client_datasets(
-        settings.dataset, node.partition_id, node.num_partitions, scheme=settings.partition,
-        alpha=settings.dirichlet_alpha, classes_per_client=settings.classes_per_client, seed=settings.seed,
-        test_fraction=settings.test_fraction, max_samples=settings.max_samples_per_client,
+        settings.dataset, node.partition_id, node.num_partitions,
+        partitioner=FlowerPartitioning.of(settings), seed=settings.seed, test_fraction=settings.test_fraction, max_samples=settings.max_samples_per_client,
         data_dir=settings.data_dir or None, allow_download=settings.allow_download)
 
 

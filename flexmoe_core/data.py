@@ -15,8 +15,8 @@ Why EMNIST "digits" is the default EMNIST: the accuracies the FLEX-MoE paper rep
 (98.3% IID) are only reachable on the 10-class digits split; "balanced" tops out near
 90% even centrally. "emnist-balanced" is there for the harder 47-class task.
 
-The federation's data is the pooled TRAINING split; flwr-datasets partitioners divide
-it among the clients (``partition_indices``) and each client splits its own partition
+The federation's data is the pooled TRAINING split; a ``Partitioner`` divides it among
+the clients (the Flower app passes flwr-datasets partitioners) and each client splits its own partition
 into local train/test with a fixed seed (``client_datasets``). Loaded arrays and
 partitions are cached in-process: Ray actors reuse their processes across rounds and
 clients, and reloading 60k images every round would dominate the round time.
@@ -29,7 +29,7 @@ import gzip
 import importlib.util
 import os
 import pickle
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +38,6 @@ import torch
 from torch.utils.data import TensorDataset
 
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "emnist", "emnist-balanced", "gtsrb")
-SCHEMES = ("iid", "dirichlet", "classes")
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 """Where the Debian package ``dataset-fashion-mnist`` installs its IDX files."""
@@ -452,121 +451,37 @@ def _load_gtsrb(data_dir: str | None, allow_download: bool) -> Arrays4:
 # =========================================================================== partitions
 
 
-def partition_indices(labels: np.ndarray, num_partitions: int, scheme: str = "iid", *,
-                      alpha: float = 0.5, classes_per_client: int = 2, seed: int = 0) -> list[np.ndarray]:
-    """Split sample indices 0..n-1 among ``num_partitions`` clients with flwr-datasets.
-
-    scheme:
-      * "iid": a seeded shuffle, then ``IidPartitioner`` (contiguous equal shards - on
-        unshuffled data sorted by class that would not be IID, hence the shuffle);
-      * "dirichlet": ``DirichletPartitioner`` (per-class Dirichlet(alpha) proportions,
-        Hsu et al. 2019; no self-balancing, so alpha alone sets the heterogeneity);
-      * "classes": ``PathologicalPartitioner`` with exactly ``classes_per_client``
-        classes per client, mode "first-deterministic" (client i always gets class
-        i mod C, so every class is used when there are at least C clients; the others
-        are drawn at random from the seed). With fewer clients than classes, the
-        classes nobody drew are left out of the federation (flwr-datasets warns).
-
-    Only an (index, label) table goes into the ``datasets.Dataset``; images stay in
-    numpy. Returns one int64 index array per partition (disjoint).
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape} dtype {labels.dtype}")
-    if isinstance(num_partitions, bool) or not isinstance(num_partitions, (int, np.integer)) \
-            or not 1 <= num_partitions <= len(labels):
-        raise ValueError(f"num_partitions must be an integer in 1..{len(labels)} (the number of samples), "
-                         f"got {num_partitions!r}")
-    if scheme not in SCHEMES:
-        raise ValueError(f"partition scheme must be one of {SCHEMES}, got {scheme!r}")
-
-    # Imported here: `datasets` takes seconds to import and only partitioning needs it.
-    from datasets import Dataset
-    from flwr_datasets.partitioner import DirichletPartitioner, IidPartitioner, PathologicalPartitioner
-
-    index = np.arange(len(labels), dtype=np.int64)
-    if scheme == "iid":
-        index = np.random.default_rng(seed).permutation(index)
-        partitioner = IidPartitioner(num_partitions=int(num_partitions))
-    elif scheme == "dirichlet":
-        if not (isinstance(alpha, (int, float, np.floating)) and alpha > 0):
-            raise ValueError(f"dirichlet alpha must be > 0, got {alpha!r}")
-        # flwr-datasets resamples until every client has min_partition_size samples;
-        # keep that small relative to n/N so small test data sets are partitionable.
-        min_size = max(1, min(10, len(labels) // (2 * int(num_partitions))))
-        partitioner = DirichletPartitioner(num_partitions=int(num_partitions), partition_by="label",
-                                           alpha=float(alpha), min_partition_size=min_size,
-                                           self_balancing=False, shuffle=True, seed=int(seed))
-    else:
-        num_classes = len(np.unique(labels))
-        if isinstance(classes_per_client, bool) or not isinstance(classes_per_client, (int, np.integer)) \
-                or not 1 <= classes_per_client <= num_classes:
-            raise ValueError(f"classes_per_client must be an integer in 1..{num_classes} "
-                             f"(classes in the data), got {classes_per_client!r}")
-        partitioner = PathologicalPartitioner(num_partitions=int(num_partitions), partition_by="label",
-                                              num_classes_per_partition=int(classes_per_client),
-                                              class_assignment_mode="first-deterministic",
-                                              shuffle=True, seed=int(seed))
-    partitioner.dataset = Dataset.from_dict({"index": index, "label": labels[index].astype(np.int64)})
-    try:
-        return [_partition_samples(partitioner, pid, index) for pid in range(int(num_partitions))]
-    except ValueError as error:
-        raise ValueError(f"cannot build {scheme!r} partitions of {len(labels)} samples into "
-                         f"{num_partitions} clients (alpha={alpha}, classes_per_client="
-                         f"{classes_per_client}): {error}") from error
-
-
-READ_PARTITION_ROWS_DIRECTLY = True
-"""Fast path of ``_partition_samples``; the tests switch it off to compare with the public API."""
-
-
-def _partition_samples(partitioner: object, partition_id: int, index: np.ndarray) -> np.ndarray:
-    """Sample indices of one partition; ``index`` is the table's "index" column.
-
-    ``load_partition`` returns ``dataset.select(rows)``, and ``datasets`` fingerprints
-    every select by dill-hashing the row list element by element: about 1 s per 6,000
-    rows, i.e. ~10 s to read back one 60k-sample partitioning. The Dirichlet and
-    pathological partitioners keep exactly those row lists in
-    ``_partition_id_to_indices`` once ``num_partitions`` has been read, so we read them
-    there, and fall back to the public ``load_partition`` when a partitioner (IID, or a
-    future flwr-datasets version) has no such attribute. tests/test_data.py checks that
-    both paths give the same samples, so a change of meaning upstream is caught.
-    """
-    _ = partitioner.num_partitions  # type: ignore[attr-defined]  # triggers the split once
-    rows = getattr(partitioner, "_partition_id_to_indices", None) if READ_PARTITION_ROWS_DIRECTLY else None
-    if isinstance(rows, dict) and partition_id in rows:
-        return index[np.asarray(rows[partition_id], dtype=np.int64)]
-    table = partitioner.load_partition(partition_id)  # type: ignore[attr-defined]
-    # table[:] converts whole columns at once; table["index"] is a lazy Column that
-    # numpy would read row by row (slow in datasets 4.x).
-    return np.asarray(table[:]["index"], dtype=np.int64)
+Partitioner = Callable[[np.ndarray, int], Sequence[np.ndarray]]
+"""Splits a dataset among clients: (training labels, number of partitions) -> one array of
+sample indices per partition, disjoint. It must be hashable (e.g. a frozen dataclass)
+because the partitions are cached per (dataset, partitioner). The Flower app passes
+``client_app.partitions.FlowerPartitioning`` (flwr-datasets partitioners); this library
+stays independent of Flower."""
 
 
 @functools.lru_cache(maxsize=8)
 def _partitions_cached(name: str, data_dir: str | None, allow_download: bool, num_partitions: int,
-                       scheme: str, alpha: float | None, classes_per_client: int | None,
-                       seed: int) -> tuple[np.ndarray, ...]:
+                       partitioner: Partitioner) -> tuple[np.ndarray, ...]:
     labels = _load_dataset_cached(name, data_dir, allow_download).train_y
-    parts = partition_indices(labels, num_partitions, scheme,
-                              alpha=alpha if alpha is not None else 0.5,
-                              classes_per_client=classes_per_client if classes_per_client is not None else 2,
-                              seed=seed)
+    parts = tuple(np.asarray(part, dtype=np.int64) for part in partitioner(labels, num_partitions))
+    if len(parts) != num_partitions:
+        raise ValueError(f"the partitioner returned {len(parts)} partitions, expected {num_partitions}")
     for part in parts:
         part.flags.writeable = False
-    return tuple(parts)
+    return parts
 
 
 # =========================================================================== client data
 
 
-def client_datasets(name: str, partition_id: int, num_partitions: int, *, scheme: str = "iid",
-                    alpha: float = 0.5, classes_per_client: int = 2, seed: int = 0,
-                    test_fraction: float = 0.2, max_samples: int | None = None,
+def client_datasets(name: str, partition_id: int, num_partitions: int, *, partitioner: Partitioner,
+                    seed: int = 0, test_fraction: float = 0.2, max_samples: int | None = None,
                     data_dir: str | os.PathLike[str] | None = None,
                     allow_download: bool = False) -> tuple[TensorDataset, TensorDataset]:
     """A client's local (train, test) TensorDatasets of float (C,H,W) images + int64 labels.
 
-    The partition (of the pooled training split) is shuffled with a seed fixed by
+    ``partitioner`` splits the pooled training split among ``num_partitions`` clients
+    (computed once per process and cached). This client's partition is shuffled with a seed fixed by
     (seed, partition_id); ``max_samples`` (None or 0: no cap) keeps the first
     max_samples of that shuffle, i.e. a seeded random subset; the last
     round(n * test_fraction) samples become the local test set (at least one when
@@ -584,15 +499,10 @@ def client_datasets(name: str, partition_id: int, num_partitions: int, *, scheme
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
     if max_samples is not None and (isinstance(max_samples, bool) or int(max_samples) < 0):
         raise ValueError(f"max_samples must be None, 0 (no cap) or a positive integer, got {max_samples!r}")
-    if scheme not in SCHEMES:
-        raise ValueError(f"partition scheme must be one of {SCHEMES}, got {scheme!r}")
 
     arrays = load_dataset(name, data_dir, allow_download)
-    directory = _normalised_dir(data_dir)
-    # Irrelevant settings are normalised away so they do not split the cache.
-    parts = _partitions_cached(name, directory, bool(allow_download), int(num_partitions), scheme,
-                               float(alpha) if scheme == "dirichlet" else None,
-                               int(classes_per_client) if scheme == "classes" else None, int(seed))
+    parts = _partitions_cached(name, _normalised_dir(data_dir), bool(allow_download), int(num_partitions),
+                               partitioner)
     indices = _local_order(parts[partition_id], seed, partition_id)
     if max_samples:
         indices = indices[: int(max_samples)]

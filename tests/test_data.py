@@ -1,5 +1,5 @@
 """Datasets (real offline files where present, small test-written files in every
-torchvision on-disk format otherwise), flwr-datasets partitions, client tensors."""
+torchvision on-disk format otherwise), client tensors."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from client_app.partitions import FlowerPartitioning
 from flexmoe_core import data
 
 
@@ -91,72 +92,6 @@ def sample_id(image_chw: torch.Tensor) -> int:
     low = round((float(image_chw[0, 0, 0]) * spec.std[0] + spec.mean[0]) * 255)
     high = round((float(image_chw[1, 0, 0]) * spec.std[1] + spec.mean[1]) * 255)
     return low + 256 * high
-
-
-# --------------------------------------------------------------------------- partitions
-
-
-LABELS = np.repeat(np.arange(10), 60)[np.random.default_rng(5).permutation(600)]
-
-
-@pytest.mark.parametrize("scheme", data.SCHEMES)
-def test_partitions_are_disjoint_cover_everything_and_repeat_by_seed(scheme):
-    parts = data.partition_indices(LABELS, 12, scheme, alpha=0.8, classes_per_client=4, seed=3)
-    assert len(parts) == 12
-    joined = np.concatenate(parts)
-    assert len(joined) == len(np.unique(joined)) == len(LABELS)  # disjoint and complete
-    assert all(p.dtype == np.int64 for p in parts)
-    again = data.partition_indices(LABELS, 12, scheme, alpha=0.8, classes_per_client=4, seed=3)
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
-    other = data.partition_indices(LABELS, 12, scheme, alpha=0.8, classes_per_client=4, seed=4)
-    assert any(not np.array_equal(a, b) for a, b in zip(parts, other))
-
-
-def test_iid_partitions_have_equal_sizes_and_mixed_labels():
-    sorted_labels = np.sort(LABELS)  # worst case: data sorted by class
-    parts = data.partition_indices(sorted_labels, 6, "iid", seed=0)
-    assert [len(p) for p in parts] == [100] * 6
-    assert all(len(np.unique(sorted_labels[p])) == 10 for p in parts)
-
-
-def test_classes_scheme_gives_exactly_c_classes_per_client():
-    for c in (1, 2, 4):
-        parts = data.partition_indices(LABELS, 10, "classes", classes_per_client=c, seed=1)
-        assert [len(np.unique(LABELS[p])) for p in parts] == [c] * 10
-        # first-deterministic: client i always holds class i mod 10
-        assert all(i in set(LABELS[p]) for i, p in enumerate(parts))
-
-
-def test_dirichlet_alpha_controls_heterogeneity():
-    def mean_top_class_share(alpha: float) -> float:
-        parts = data.partition_indices(LABELS, 10, "dirichlet", alpha=alpha, seed=2)
-        return float(np.mean([np.bincount(LABELS[p], minlength=10).max() / len(p) for p in parts]))
-
-    assert mean_top_class_share(0.1) > 0.5 > mean_top_class_share(100.0)
-
-
-@pytest.mark.parametrize("scheme", ["dirichlet", "classes", "iid"])
-def test_direct_row_read_equals_public_load_partition(scheme, monkeypatch):
-    fast = data.partition_indices(LABELS, 7, scheme, alpha=0.5, classes_per_client=3, seed=9)
-    monkeypatch.setattr(data, "READ_PARTITION_ROWS_DIRECTLY", False)
-    slow = data.partition_indices(LABELS, 7, scheme, alpha=0.5, classes_per_client=3, seed=9)
-    assert all(np.array_equal(a, b) for a, b in zip(fast, slow))
-
-
-@pytest.mark.parametrize(
-    "kwargs,message",
-    [
-        (dict(num_partitions=3, scheme="shards"), "scheme"),
-        (dict(num_partitions=0, scheme="iid"), "num_partitions"),
-        (dict(num_partitions=601, scheme="iid"), "num_partitions"),
-        (dict(num_partitions=3, scheme="dirichlet", alpha=0.0), "alpha"),
-        (dict(num_partitions=3, scheme="classes", classes_per_client=11), "classes_per_client"),
-        (dict(num_partitions=3, scheme="classes", classes_per_client=0), "classes_per_client"),
-    ],
-)
-def test_partition_settings_are_validated(kwargs, message):
-    with pytest.raises(ValueError, match=message):
-        data.partition_indices(LABELS, **kwargs)
 
 
 # --------------------------------------------------------------------------- loaders
@@ -306,8 +241,8 @@ def test_client_datasets_split_normalise_and_cover(tmp_path):
     images, labels = write_cifar10(tmp_path)
     seen = []
     for pid in range(4):
-        train, test = data.client_datasets("cifar10", pid, 4, scheme="dirichlet", alpha=1.0, seed=7,
-                                           test_fraction=0.25, data_dir=tmp_path)
+        train, test = data.client_datasets("cifar10", pid, 4, seed=7, test_fraction=0.25, data_dir=tmp_path,
+                                           partitioner=FlowerPartitioning("dirichlet", alpha=1.0, seed=7))
         x, y = train.tensors
         assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) and y.dtype == torch.int64
         n = len(train) + len(test)
@@ -329,7 +264,7 @@ def test_client_datasets_split_normalise_and_cover(tmp_path):
 
 def test_client_datasets_are_deterministic_and_capped(tmp_path):
     write_cifar10(tmp_path)
-    kwargs = dict(scheme="iid", seed=3, test_fraction=0.2, data_dir=tmp_path)
+    kwargs = dict(partitioner=FlowerPartitioning("iid", seed=3), seed=3, test_fraction=0.2, data_dir=tmp_path)
     a_train, a_test = data.client_datasets("cifar10", 1, 2, **kwargs)
     b_train, b_test = data.client_datasets("cifar10", 1, 2, **kwargs)
     assert torch.equal(a_train.tensors[0], b_train.tensors[0]) and torch.equal(a_test.tensors[1], b_test.tensors[1])
@@ -338,9 +273,32 @@ def test_client_datasets_are_deterministic_and_capped(tmp_path):
     full_ids = {sample_id(x) for x in torch.cat([a_train.tensors[0], a_test.tensors[0]])}
     capped_ids = {sample_id(x) for x in torch.cat([capped_train.tensors[0], capped_test.tensors[0]])}
     assert capped_ids <= full_ids  # a subset of the client's own partition
-    no_test_train, no_test = data.client_datasets("cifar10", 1, 2, scheme="iid", seed=3, test_fraction=0.0,
-                                                  data_dir=tmp_path)
+    no_test_train, no_test = data.client_datasets("cifar10", 1, 2, partitioner=FlowerPartitioning("iid", seed=3),
+                                                  seed=3, test_fraction=0.0, data_dir=tmp_path)
     assert len(no_test) == 0 and len(no_test_train) == 50
+
+
+def test_partitions_are_computed_once_per_dataset_and_partitioner(tmp_path):
+    """Every client of a process asks for its partition; the partitioner runs once per key."""
+    write_cifar10(tmp_path)
+    calls = []
+
+    class Counting(FlowerPartitioning):
+        def __call__(self, labels, num_partitions):
+            calls.append(num_partitions)
+            return super().__call__(labels, num_partitions)
+
+    for pid in range(3):
+        data.client_datasets("cifar10", pid, 3, partitioner=Counting("iid", seed=1), data_dir=tmp_path)
+    data.client_datasets("cifar10", 0, 3, partitioner=Counting("iid", seed=2), data_dir=tmp_path)
+    assert calls == [3, 3]
+
+
+def test_a_partitioner_returning_the_wrong_count_is_rejected(tmp_path):
+    write_cifar10(tmp_path)
+    with pytest.raises(ValueError, match="returned 2 partitions, expected 3"):
+        data.client_datasets("cifar10", 0, 3, partitioner=lambda labels, n: [np.arange(5), np.arange(5, 9)],
+                             data_dir=tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -351,10 +309,12 @@ def test_client_datasets_are_deterministic_and_capped(tmp_path):
         (dict(partition_id=0, num_partitions=0), "num_partitions"),
         (dict(partition_id=0, num_partitions=2, test_fraction=1.0), "test_fraction"),
         (dict(partition_id=0, num_partitions=2, max_samples=-5), "max_samples"),
-        (dict(partition_id=0, num_partitions=2, scheme="natural"), "scheme"),
+        (dict(partition_id=0, num_partitions=2, partitioner=FlowerPartitioning("natural")), "scheme"),
     ],
 )
 def test_client_settings_are_validated(tmp_path, kwargs, message):
+    write_cifar10(tmp_path)  # so that a partitioner is reached and can fail
+    kwargs.setdefault("partitioner", FlowerPartitioning("iid"))
     with pytest.raises(ValueError, match=message):
         data.client_datasets("cifar10", data_dir=tmp_path, **kwargs)
 
