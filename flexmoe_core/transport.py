@@ -490,10 +490,7 @@ class _ExchangeGraph:
             units = min(units, min(m.size for m in movers))
             movers = [m[:units] for m in movers]
         for (a, b), clients in zip(arcs, movers):
-            if clients.size == 1:
-                self._move_one(int(clients[0]), a, b)
-            else:
-                self._move_many(clients, a, b)
+            self._move(clients, a, b)
 
     def _cheapest_mover(self, a: int, b: int) -> int:
         """A client attaining the (exact) cost[a, b]."""
@@ -523,35 +520,9 @@ class _ExchangeGraph:
         self.load[a] -= count
         self.load[b] += count
 
-    def _move_one(self, client: int, a: int, b: int) -> None:
-        """Client swaps expert a for b; patch the cost entries this can change."""
-        cost = self.cost
-        weights = self.weights[client]
-        held_before = self.held[client].copy()
-        self._set_holding(client, a, b)
-        held_after = self.held[client]
-        others = np.flatnonzero(held_after)
-        others = others[others != b]
-        if others.size:
-            # Other held experts j: the client can now move j -> a (new candidate) ...
-            to_a = weights[others] - weights[a]
-            better = to_a < cost[others, a]
-            cost[others[better], a] = to_a[better]
-            self.mover[others[better], a] = client
-            # ... but no longer j -> b (lost candidate: stale where it was the minimum).
-            to_b = weights[others] - weights[b]
-            self.stale[others[to_b == cost[others, b]], b] = True
-        # Expert a lost the client as a candidate for every e it lacked.
-        from_a = np.where(held_before, np.inf, weights[a] - weights)
-        self.stale[a] |= from_a == cost[a]
-        # Expert b gained the client as a candidate for every e it lacks.
-        from_b = np.where(held_after, np.inf, weights[b] - weights)
-        better = from_b < cost[b]
-        cost[b, better] = from_b[better]
-        self.mover[b, better] = client
-
-    def _move_many(self, clients: np.ndarray, a: int, b: int) -> None:
-        """Many clients swap a for b (tied moves); same patches as _move_one, batched."""
+    def _move(self, clients: np.ndarray, a: int, b: int) -> None:
+        """These clients swap expert a for b (several when moves tie); patch the cost
+        entries this can change: new candidates lower them at once, lost ones mark them stale."""
         held_before = self.held[clients]  # fancy indexing copies
         self._set_holding(clients, a, b)
         weights = self.weights[clients]  # (m, E)
