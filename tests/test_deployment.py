@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from server_app.launcher import free_port
+from tests.processes import is_running, kill_all, pidfile_processes, process_tree, start_time
 
 try:
     import tomllib
@@ -57,67 +58,10 @@ def tool(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------- helpers
-def children_of(pid: int) -> list[int]:
-    """Direct children of `pid` from /proc (no psutil in the venv)."""
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            # the command name (2nd field) may contain spaces: split after its closing ')'
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry.name))
-    return kids
-
-
-def process_tree(pid: int) -> list[int]:
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children_of(current))
-    return tree
-
-
-def start_time(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def is_running(pid: int) -> bool:
-    """Alive and not a zombie (PID 1 here may never reap orphans)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def kill_pidfile_trees(run_dir: Path) -> list[int]:
     """Fallback after stop_all.sh: SIGKILL whatever is left of each pid file's process tree.
-
-    A pid file holds "PID START"; a pid whose start time differs was reused by another
-    process and is left alone. Returns the pids that had to be killed.
-    """
-    killed = []
-    for pidfile in run_dir.rglob("*.pid"):
-        fields = pidfile.read_text().split()
-        if not fields or not fields[0].isdigit():
-            continue
-        pid = int(fields[0])
-        if not is_running(pid) or (len(fields) > 1 and start_time(pid) != fields[1]):
-            continue
-        for member in process_tree(pid):
-            try:
-                os.kill(member, signal.SIGKILL)
-                killed.append(member)
-            except ProcessLookupError:
-                pass
-    return killed
+    Returns the pids that had to be killed."""
+    return kill_all(pidfile_processes(run_dir))
 
 
 def run_bounded(command: list[str], env: dict[str, str], log: Path, timeout: float) -> tuple[int | None, str]:

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from server_app.launcher import free_port
+from tests.processes import kill_all, pidfile_processes, process_tree, start_time, still_running
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -50,64 +51,6 @@ def netns_available() -> bool:
                               timeout=20).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
-
-
-# --- processes, identified by pid and start time (a reused pid is another process) ---
-
-def _stat_fields(pid: int) -> list[str]:
-    try:  # the fields after the command name, which may contain spaces and parentheses
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return []
-
-
-def start_time(pid: int) -> str | None:
-    fields = _stat_fields(pid)
-    return fields[19] if len(fields) > 19 else None
-
-
-def is_running(pid: int) -> bool:
-    fields = _stat_fields(pid)
-    return bool(fields) and fields[0] != "Z"
-
-
-def process_tree(pid: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and (fields := _stat_fields(int(entry.name))):
-            children.setdefault(int(fields[1]), []).append(int(entry.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, []))
-    return tree
-
-
-def still_running(pids: dict[int, str | None]) -> list[int]:
-    return [pid for pid, started in pids.items() if is_running(pid) and start_time(pid) == started]
-
-
-def kill_all(pids: dict[int, str | None]) -> None:
-    for pid in still_running(pids):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def pidfile_processes(run_dir: Path) -> dict[int, str | None]:
-    """Processes named by the scripts' pid files ("PID START") and their trees."""
-    found: dict[int, str | None] = {}
-    for pidfile in run_dir.rglob("*.pid"):
-        fields = pidfile.read_text().split()
-        if not fields or not fields[0].isdigit() or not is_running(int(fields[0])):
-            continue
-        if len(fields) > 1 and start_time(int(fields[0])) != fields[1]:
-            continue  # the pid now belongs to another process
-        for member in process_tree(int(fields[0])):
-            found.setdefault(member, start_time(member))
-    return found
 
 
 @pytest.mark.timeout(DEMO_TIMEOUT + 120)
