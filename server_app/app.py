@@ -17,7 +17,7 @@ from flexmoe_core.config import Settings, dataset_shape
 from flexmoe_core.metrics import coefficient_of_variation
 from flexmoe_core.model import build_global_state
 from flexmoe_core.results import ResultsWriter, load_checkpoint, save_checkpoint
-from server_app.strategy import FlexMoEStrategy, to_arrays, to_record
+from server_app.strategy import FlexMoEStrategy, to_record
 
 log = logging.getLogger("flexmoe.server")
 app = ServerApp()
@@ -32,6 +32,14 @@ def main(grid: Grid, context: Context) -> None:
     run.execute()
 
 
+def initial_global_state(settings: Settings, *, seed: int) -> dict[str, Any]:
+    """The global model (extractor + all E experts) these settings describe, from `seed`."""
+    shape = dataset_shape(settings.dataset)
+    return build_global_state(settings.num_experts, num_classes=shape.num_classes, in_channels=shape.in_channels,
+                              image_size=shape.image_size, arch=settings.model, top_r=settings.top_r,
+                              expert_hidden=settings.expert_hidden, seed=seed)
+
+
 class FederatedRun:
     """The round loop with results and a checkpoint written after every round."""
 
@@ -39,12 +47,7 @@ class FederatedRun:
         self.settings = settings
         self.grid = grid
         self.writer = ResultsWriter(settings.results_dir)
-        shape = dataset_shape(settings.dataset)
-        initial = build_global_state(settings.num_experts, num_classes=shape.num_classes,
-                                     in_channels=shape.in_channels, image_size=shape.image_size,
-                                     arch=settings.model, top_r=settings.top_r,
-                                     expert_hidden=settings.expert_hidden, seed=settings.seed)
-        self.strategy = FlexMoEStrategy(settings, initial)
+        self.strategy = FlexMoEStrategy(settings, initial_global_state(settings, seed=settings.seed))
         self.rounds: list[dict[str, Any]] = []
         self.history: list[dict[str, Any]] = []
         self.first_round = 1
@@ -67,8 +70,8 @@ class FederatedRun:
             log.info("[round %d/%d] accuracy %.4f (p10 %.4f) | load CV %.3f (cumulative %.3f), routed CV %.3f"
                      " | clients %d/%d ok | solve %.3fs, round %.1fs, elapsed %.0fs", server_round,
                      s.num_server_rounds, row.get("accuracy", float("nan")), row.get("accuracy-p10", float("nan")),
-                     row["load-cv"], row["cumulative-load-cv"], row["routed-load-cv"], row["num-completed"], row["num-sampled"], row["solve-seconds"],
-                     row["round-seconds"], time.perf_counter() - started)
+                     row["load-cv"], row["cumulative-load-cv"], row["routed-load-cv"], row["num-completed"],
+                     row["num-sampled"], row["solve-seconds"], row["round-seconds"], time.perf_counter() - started)
         log.info("run finished: %d rounds, results in %s", len(self.rounds), Path(s.results_dir).resolve())
 
     def _round(self, server_round: int) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from flexmoe_core.config import ASSIGNMENT_METHODS, Settings, dataset_shape
+from flexmoe_core.config import ASSIGNMENT_METHODS, Settings
 from flexmoe_core.results import atomic_write_bytes, atomic_write_json
 from server_app.launcher import SimulationSuperLink
 
@@ -80,14 +80,11 @@ def expected_bytes_ratio(settings: Settings) -> float:
     """(|psi| + k|theta|) / (|psi| + E|theta|): what a client holding k of E experts downloads vs dense;
     averaged over the capacity profile when capacities differ (cycled over partitions)."""
     from flexmoe_core.aggregation import payload_bytes, select_experts
-    from flexmoe_core.model import build_global_state
+    from server_app.app import initial_global_state
 
-    shape = dataset_shape(settings.dataset)
-    state = build_global_state(settings.num_experts, num_classes=shape.num_classes,
-                               in_channels=shape.in_channels, image_size=shape.image_size, arch=settings.model,
-                               top_r=settings.top_r, expert_hidden=settings.expert_hidden, seed=0)
     if settings.assignment == "dense":
         return 1.0
+    state = initial_global_state(settings, seed=0)
     ratios = [payload_bytes(select_experts(state, list(range(k)))) / payload_bytes(state)
               for k in settings.capacities or (settings.capacity,)]
     return sum(ratios) / len(ratios)
