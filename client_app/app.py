@@ -19,6 +19,7 @@ from flexmoe_core.config import NodeSettings, Settings, SettingsError, dataset_s
 from flexmoe_core.data import client_datasets
 from flexmoe_core.model import MoEClassifier, pick_device
 from flexmoe_core.replies import held_experts
+from flexmoe_core.seeds import derive_seed
 from flexmoe_core.train import evaluate as evaluate_model
 from flexmoe_core.train import train_local
 
@@ -26,6 +27,7 @@ app = ClientApp()
 
 GATE_KEY = "gate"
 GATE_ROUND_KEY = "gate-round"
+RUN_TOKEN_KEY = "run-token"  # the server's token of the run, sent with every train / evaluate message
 GATES_KEPT = 3  # on-disk gate snapshots kept, so a server resumed a round or two back finds its gate
 
 
@@ -47,8 +49,9 @@ def train(msg: Message, context: Context) -> Message:
     model = build_model(msg, settings, context, node, gate_round=server_round - 1)
     train_set, _ = local_data(settings, node)
     result = train_local(model, train_set, epochs=settings.local_epochs, batch_size=settings.batch_size,
-                         lr=settings.lr, seed=_client_seed(settings, node, server_round), device=pick_device())
-    store_gate(context, node, model, server_round)
+                         lr=settings.lr, seed=derive_seed(settings.seed, "data-order", node.client_id, server_round),
+                         device=pick_device())
+    store_gate(context, node, model, server_round, _run_token(msg))
     feedback = result.feedback
     metrics = MetricRecord({
         "num-examples": int(result.num_examples),
@@ -93,30 +96,40 @@ def local_data(settings: Settings, node: NodeSettings):
 def build_model(msg: Message, settings: Settings, context: Context, node: NodeSettings,
                 gate_round: int) -> MoEClassifier:
     """A model holding exactly the experts in the message, with this client's own gate."""
-    import torch
-
     state = {key: value.numpy() for key, value in msg.content["arrays"].items()}
     held = held_experts(state)
     shape = dataset_shape(settings.dataset)
-    # A fixed per-client seed makes a brand-new gate reproducible (resume equals an uninterrupted run).
-    torch.manual_seed(_client_seed(settings, node, 0))
+    # The extractor and experts are overwritten by the server's arrays; only the gate's initial
+    # values are the client's own. Seeded by (seed, client id) alone: the same under every method
+    # and capacity, and reproducible, so a resumed run equals an uninterrupted one.
     model = MoEClassifier(settings.num_experts, held, num_classes=shape.num_classes,
                           in_channels=shape.in_channels, image_size=shape.image_size, arch=settings.model,
-                          top_r=settings.top_r, expert_hidden=settings.expert_hidden)
+                          top_r=settings.top_r, expert_hidden=settings.expert_hidden,
+                          gate_seed=initial_gate_seed(settings, node))
     model.load_shared_state(state)
-    gate = load_gate(context, node, gate_round)
+    gate = load_gate(context, node, gate_round, _run_token(msg))
     if gate is not None:
         model.load_gate_state(gate)
     return model
 
 
-def store_gate(context: Context, node: NodeSettings, model: MoEClassifier, server_round: int) -> None:
+def initial_gate_seed(settings: Settings, node: NodeSettings) -> int:
+    return derive_seed(settings.seed, "gate", node.client_id)
+
+
+def gate_folder(node: NodeSettings, run_token: str) -> Path:
+    """Where this client keeps its gates for one run: another run (another token) never looks here."""
+    return Path(node.state_dir) / f"run-{run_token}" / node.client_id
+
+
+def store_gate(context: Context, node: NodeSettings, model: MoEClassifier, server_round: int,
+               run_token: str) -> None:
     """Keep the personal gate in the node's state and, if a state dir is set, on disk per round."""
     gate = model.gate_state()
     context.state[GATE_KEY] = ArrayRecord({k: Array(v) for k, v in gate.items()})
-    context.state[GATE_ROUND_KEY] = ConfigRecord({"round": server_round})
+    context.state[GATE_ROUND_KEY] = ConfigRecord({"round": server_round, RUN_TOKEN_KEY: run_token})
     if node.state_dir:
-        folder = Path(node.state_dir) / node.client_id
+        folder = gate_folder(node, run_token)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".gate-round{server_round}.tmp.npz"
         np.savez(tmp, **gate)
@@ -125,15 +138,17 @@ def store_gate(context: Context, node: NodeSettings, model: MoEClassifier, serve
             old.unlink(missing_ok=True)
 
 
-def load_gate(context: Context, node: NodeSettings, wanted_round: int) -> dict[str, np.ndarray] | None:
-    """The gate as it was after `wanted_round` (disk snapshot if the in-memory one is from another round)."""
+def load_gate(context: Context, node: NodeSettings, wanted_round: int,
+              run_token: str) -> dict[str, np.ndarray] | None:
+    """The gate this run stored after `wanted_round` (disk snapshot if the in-memory one is from
+    another round); None (a fresh gate) if this run has stored none."""
     in_memory = None
-    if GATE_KEY in context.state:
+    if GATE_KEY in context.state and context.state[GATE_ROUND_KEY].get(RUN_TOKEN_KEY) == run_token:
         in_memory = {k: v.numpy() for k, v in context.state[GATE_KEY].items()}
         if int(context.state[GATE_ROUND_KEY]["round"]) == wanted_round:
             return in_memory
     if node.state_dir:
-        path = Path(node.state_dir) / node.client_id / f"gate-round{wanted_round}.npz"
+        path = gate_folder(node, run_token) / f"gate-round{wanted_round}.npz"
         if path.is_file():
             with np.load(path) as data:
                 return {k: data[k] for k in data.files}
@@ -144,5 +159,8 @@ def _round_of(path: Path) -> int:
     return int(path.stem.removeprefix("gate-round"))
 
 
-def _client_seed(settings: Settings, node: NodeSettings, server_round: int) -> int:
-    return (settings.seed * 1_000_003 + server_round * 10_007 + (node.partition_id or 0)) % (2**31)
+def _run_token(msg: Message) -> str:
+    token = msg.content["config"].get(RUN_TOKEN_KEY, "")
+    if not isinstance(token, str) or not token.isalnum():
+        raise ValueError(f"the server sent no valid {RUN_TOKEN_KEY!r} in the config (got {token!r})")
+    return token

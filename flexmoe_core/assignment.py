@@ -27,8 +27,11 @@ the round-robin assignment of ``method="static"`` has every column sum in
 states the exact condition for arbitrary bounds.
 
 Baselines share the entry point :func:`assign` so that experiments swap only the rule:
-``greedy`` (per-client top-k_c by w), ``random`` (uniform k_c-subset), ``static``
-(fixed balanced round-robin) and ``dense`` (every client holds every expert).
+``greedy`` (per-client top-k_c by Q alone, random tie-break: the personalisation-only
+rule), ``random`` (uniform k_c-subset), ``static`` (fixed balanced round-robin) and
+``dense`` (every client holds every expert). The deficit term is part of the FLEX-MoE
+objective only; no baseline reads it, so a baseline is the textbook rule and not a
+variant that borrows the method's balancing.
 """
 
 from __future__ import annotations
@@ -370,10 +373,10 @@ def _rows_from_order(order: np.ndarray, capacity: np.ndarray) -> np.ndarray:
     return x
 
 
-def _assign_greedy(weights: np.ndarray, capacity: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    # lexsort: last key is primary -> sort by -w, ties broken by a random key.
-    tie_break = rng.random(weights.shape)
-    order = np.lexsort((tie_break, -weights), axis=-1)
+def _assign_greedy(scores: np.ndarray, capacity: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    # lexsort: last key is primary -> sort by -Q, ties broken by a random key.
+    tie_break = rng.random(scores.shape)
+    order = np.lexsort((tie_break, -scores), axis=-1)
     return _rows_from_order(order, capacity)
 
 
@@ -417,7 +420,8 @@ def assign(
         rng: Generator or seed for the tie-breaks of ``greedy`` and for ``random``.
         load_slack: >= 0, widens the load bounds (``flexmoe`` only).
         deficit: (E,) historical load deficit (see LoadTracker), or None for zeros.
-        deficit_weight: lambda in w = scores + lambda * deficit (``flexmoe``, ``greedy``).
+            Read by ``flexmoe`` only (validated for every method).
+        deficit_weight: lambda in w = scores + lambda * deficit (``flexmoe`` only).
         solver: ``cvxpy`` (LP via cvxpy + integrality repair), ``fast``
             (flexmoe_core.transport), or ``auto`` (fast above FAST_SOLVER_THRESHOLD
             variables when that module is present, cvxpy otherwise).
@@ -440,12 +444,12 @@ def assign(
     if method == "flexmoe":
         return _assign_flexmoe(weights, capacity_vector, slack, solver)
     if method == "greedy":
-        return _assign_greedy(weights, capacity_vector, generator)
+        return _assign_greedy(score_matrix, capacity_vector, generator)
     if method == "random":
-        return _assign_random(weights.shape, capacity_vector, generator)
+        return _assign_random(score_matrix.shape, capacity_vector, generator)
     if method == "static":
-        return _assign_static(weights.shape, capacity_vector)
-    return np.ones(weights.shape, dtype=ASSIGNMENT_DTYPE)  # dense
+        return _assign_static(score_matrix.shape, capacity_vector)
+    return np.ones(score_matrix.shape, dtype=ASSIGNMENT_DTYPE)  # dense
 
 
 # ----------------------------------------------------------------------- load history

@@ -7,6 +7,12 @@ actually held: an expert it did not hold gave no evidence, so its entry keeps it
 
 Rows start at an optimistic constant (`initial`), so that the assignment keeps trying
 experts a client has never held until real feedback says they are worse.
+
+An expert that was held but received no samples (the gate never selected it) has no
+accuracy or loss to measure; it scores UNUSED_SCORE = 0, the worst score of both modes
+(accuracy 0, exp(-alpha * loss) -> 0 as the loss grows). Otherwise such an entry would
+keep its optimistic start forever and the expert would be assigned round after round to
+a client that never uses it.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from typing import Any
 import numpy as np
 
 MODES = ("accuracy", "loss")
+UNUSED_SCORE = 0.0
 
 # Identifies a checkpoint written by this class, so that loading some other JSON file
 # fails with a clear message instead of a confusing KeyError.
@@ -169,12 +176,14 @@ class FitnessTable:
         held: Sequence[int],
         accuracy: Sequence[float] | np.ndarray,
         loss: Sequence[float] | np.ndarray,
+        usage: Sequence[float] | np.ndarray | None = None,
     ) -> None:
         """EMA-update the client's row on the experts it held this round.
 
         Q[c, e] <- (1 - beta) * Q[c, e] + beta * s[c, e] for e in `held`; every other
         entry keeps its value. Only the held entries of `accuracy` and `loss` are read
         (the trainer reports zeros for unheld experts), but both must have length E.
+        With `usage` (length E), a held expert whose usage is 0 scores UNUSED_SCORE.
         """
         _check_client_id(client_id)
         held_ids = self._check_held(held)
@@ -184,10 +193,12 @@ class FitnessTable:
             raise ValueError(
                 f"accuracy of held experts must lie in [0, 1], got {acc[held_ids].tolist()}"
             )
+        used = self._check_feedback("usage", usage, held_ids)[held_ids] > 0 if usage is not None \
+            else np.ones(held_ids.size, dtype=bool)
         row = self._row_or_new(client_id)
         if held_ids.size == 0:
             return
-        new_score = self.score(acc[held_ids], lss[held_ids])
+        new_score = np.where(used, self.score(acc[held_ids], lss[held_ids]), UNUSED_SCORE)
         beta = self._ema_beta
         row[held_ids] = (1.0 - beta) * row[held_ids] + beta * new_score
 

@@ -139,14 +139,22 @@ class Routing:
     held_experts: global ids of the held experts, ascending; axis 1 of ``expert_logits``
         follows this order.
     top1: (B,) int64 global expert id of each sample's highest-probability held expert.
+    selected: (B, r) int64 positions (into ``held_experts``) of the r experts mixed for
+        each sample: the set D[c, e] of the feedback is the samples whose row names e.
     expert_logits: (B, k, C) each held expert's OWN class logits for each sample.
     gate_probs: (B, E) softmax over the held experts; exactly 0 on unheld experts.
     """
 
     held_experts: tuple[int, ...]
     top1: torch.Tensor
+    selected: torch.Tensor
     expert_logits: torch.Tensor
     gate_probs: torch.Tensor
+
+    def selected_mask(self) -> torch.Tensor:
+        """(B, k) bool: True where the held expert at that position was among the r mixed."""
+        mask = torch.zeros(self.expert_logits.shape[:2], dtype=torch.bool, device=self.selected.device)
+        return mask.scatter_(1, self.selected, True)
 
     def top1_expert_logits(self) -> torch.Tensor:
         """(B, C) logits of each sample's top-1 expert alone."""
@@ -168,6 +176,11 @@ class MoEClassifier(nn.Module):
         arch: "cnn" (28x28 grayscale) or "resnet" (32x32 colour); both adapt to any size.
         top_r: experts mixed per sample; the effective r is min(top_r, k).
         expert_hidden: hidden width of each expert MLP.
+        gate_seed: if given, the gate is initialised from this seed alone. The modules are
+            built from the global torch RNG in order (extractor, k experts, gate), so
+            without it a client's initial gate would depend on how many experts it holds:
+            two methods that assign different k would start the same client from
+            different gates, and the comparison would change more than the rule.
     """
 
     def __init__(
@@ -180,6 +193,7 @@ class MoEClassifier(nn.Module):
         arch: str = "cnn",
         top_r: int = 2,
         expert_hidden: int = 64,
+        gate_seed: int | None = None,
     ) -> None:
         super().__init__()
         held = _validated_held(num_experts, held_experts)
@@ -198,6 +212,10 @@ class MoEClassifier(nn.Module):
             {str(e): make_expert(FEATURE_DIM, expert_hidden, num_classes) for e in held}
         )
         self.gate = nn.Linear(FEATURE_DIM, num_experts)
+        if gate_seed is not None:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(gate_seed))
+                self.gate.reset_parameters()
         # Buffers, not parameters, and non-persistent: they are derived from `held`
         # and must not leak into the state dict the federation exchanges.
         self.register_buffer("_held_index", torch.tensor(held, dtype=torch.long), persistent=False)
@@ -256,7 +274,7 @@ class MoEClassifier(nn.Module):
         logits = (weights.unsqueeze(2) * chosen).sum(dim=1)
 
         top1 = self._held_index[held_probs.argmax(dim=1)]
-        routing = Routing(held_experts=self._held, top1=top1, expert_logits=expert_logits,
+        routing = Routing(held_experts=self._held, top1=top1, selected=top_pos, expert_logits=expert_logits,
                           gate_probs=gate_probs)
         return logits, routing
 

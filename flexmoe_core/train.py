@@ -2,14 +2,22 @@
 
 The feedback is what the server's fitness table and expert aggregation consume, one
 entry per GLOBAL expert id (arrays of length E, zeros for experts the client does not
-hold):
+hold). Let D[c, e] be the samples of the LAST epoch on which expert e was among the r
+experts the gate selected (with top-r routing a sample is in r of these sets):
 
-* ``usage[e]``    samples of the LAST epoch whose top-1 routed expert was e (so
-                  sum(usage) == num_examples);
-* ``accuracy[e]`` accuracy of expert e's OWN logits on those samples;
-* ``loss[e]``     mean cross-entropy of expert e's OWN logits on those samples;
+* ``usage[e]``    |D[c, e]|, a count (so sum(usage) == r * num_examples). Counted rather
+                  than gate-weighted: it is an integer the server can bound by the
+                  example count, and it is the same number that weights expert e in the
+                  aggregation, so an expert that is only ever the second choice still
+                  has its trained weights averaged in;
+* ``accuracy[e]`` accuracy of expert e's OWN logits on D[c, e];
+* ``loss[e]``     mean cross-entropy of expert e's OWN logits on D[c, e];
 * ``routing_mass[e]`` sum over the last epoch's samples of e's gate probability (the
                   soft alternative to ``usage`` the design mentions).
+
+A held expert with empty D[c, e] reports usage 0 and accuracy = loss = 0; the server
+reads usage 0 as "held and never used" and scores it 0 (see ``FitnessTable.update``),
+so the loss 0 is never taken for a perfect expert.
 
 Why the expert's own output and not the mixture's: the mixture output blends r experts
 with gate weights, so its accuracy credits (or blames) every expert in the mix for the
@@ -17,7 +25,7 @@ others' work and for the gate's choices, and would change with whichever experts
 client happened to hold alongside e. The fitness Q[c, e] must rank experts for this
 client's data, which is exactly what e's own predictions on the samples routed to it
 measure. The last epoch is used because it reflects the experts after adapting to the
-local data, and each sample counts once.
+local data, and each sample counts once per expert it was routed to.
 """
 
 from __future__ import annotations
@@ -134,13 +142,16 @@ class _FeedbackTotals:
 
     @torch.no_grad()
     def add(self, mixture_logits: torch.Tensor, routing: Routing, labels: torch.Tensor) -> None:
-        own = routing.top1_expert_logits().detach()  # (B, C): the top-1 expert alone
-        own_loss = F.cross_entropy(own, labels, reduction="none").double()
-        own_correct = (own.argmax(dim=1) == labels).double()
-        top1 = routing.top1
-        self.usage += torch.bincount(top1, minlength=self.usage.numel())
-        self.correct.index_add_(0, top1, own_correct)
-        self.loss_sum.index_add_(0, top1, own_loss)
+        own = routing.expert_logits.detach()  # (B, k, C): each held expert alone
+        batch, held, classes = own.shape
+        own_loss = F.cross_entropy(own.reshape(-1, classes), labels.repeat_interleave(held),
+                                   reduction="none").view(batch, held).double()
+        own_correct = (own.argmax(dim=2) == labels[:, None]).double()
+        selected = routing.selected_mask().double()  # (B, k): sample in D[c, e]
+        held_ids = torch.tensor(routing.held_experts, dtype=torch.long, device=self.usage.device)
+        self.usage.index_add_(0, held_ids, selected.sum(dim=0).long())
+        self.correct.index_add_(0, held_ids, (selected * own_correct).sum(dim=0))
+        self.loss_sum.index_add_(0, held_ids, (selected * own_loss).sum(dim=0))
         self.mass += routing.gate_probs.detach().double().sum(dim=0)
         self.mixture_loss_sum += float(F.cross_entropy(mixture_logits, labels, reduction="sum"))
         self.samples += int(labels.shape[0])

@@ -119,7 +119,8 @@ class FederatedRun:
             "config": s.to_run_config(),
             "fitness": self.strategy.fitness.to_dict(),
             "loads": self.strategy.loads.to_dict(),
-            "rng": self.strategy.rng.bit_generator.state,
+            # Sampling and assignment draw from streams seeded by (seed, round): nothing to save.
+            "run-token": self.strategy.run_token,
             "rounds": self.rounds,
             "history": self.history,
         }
@@ -134,7 +135,7 @@ class FederatedRun:
         self.strategy.global_state = arrays
         self.strategy.fitness = FitnessTable.from_dict(state["fitness"])
         self.strategy.loads = LoadTracker.from_dict(state["loads"])
-        self.strategy.rng.bit_generator.state = state["rng"]
+        self.strategy.run_token = state["run-token"]  # clients find the gates this run stored
         self.rounds = state["rounds"]
         self.history = state["history"]
         self.first_round = int(state["round"]) + 1

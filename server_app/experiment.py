@@ -111,7 +111,9 @@ def summarise(method: str, results_dir: Path, wall_seconds: float) -> dict[str, 
         "routed-load-cv": mean("routed-load-cv"),
         "load-jain": mean("load-jain"),
         "bytes-down-per-client": mean("bytes-down-per-client"),
-        "bytes-down-vs-dense": mean("bytes-down-vs-dense"),
+        "bytes-up-per-client": mean("bytes-up-per-client"),
+        "bytes-total-per-client": mean("bytes-total-per-client"),
+        "bytes-total-vs-dense": mean("bytes-total-vs-dense"),
         "bytes-expected-vs-dense": expected_bytes_ratio(settings),
         "server-overhead": server / total if total else float("nan"),
         "wall-seconds": wall_seconds,
@@ -134,11 +136,11 @@ def write_summary(out: Path, rows: list[dict[str, Any]], methods: list[str]) -> 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
     header = ["method", "accuracy", "acc p10", "load CV/round", "load CV cumul.", "routed CV", "Jain",
-              "KiB down/client/round", "vs dense", "expected", "server share", "wall s"]
+              "KiB down+up/client/round", "vs dense", "arrays formula", "server share", "wall s"]
     body = [[r["method"], f"{r['accuracy']:.4f}", f"{r['accuracy-p10']:.4f}", f"{r['load-cv']:.3f}",
              f"{r['cumulative-load-cv']:.3f}",
-             f"{r['routed-load-cv']:.3f}", f"{r['load-jain']:.3f}", f"{r['bytes-down-per-client'] / 1024:.1f}",
-             f"{r['bytes-down-vs-dense']:.3f}", f"{r['bytes-expected-vs-dense']:.3f}", f"{r['server-overhead']:.1%}",
+             f"{r['routed-load-cv']:.3f}", f"{r['load-jain']:.3f}", f"{r['bytes-total-per-client'] / 1024:.1f}",
+             f"{r['bytes-total-vs-dense']:.3f}", f"{r['bytes-expected-vs-dense']:.3f}", f"{r['server-overhead']:.1%}",
              f"{r['wall-seconds']:.0f}"]
             for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]

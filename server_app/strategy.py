@@ -13,6 +13,7 @@ rejects replies whose ArrayRecords have different keys.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,19 +21,28 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.common.serde import array_record_to_proto, message_to_proto
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from flexmoe_core import metrics as M
-from flexmoe_core.aggregation import aggregate, payload_bytes, select_experts
+from flexmoe_core.aggregation import aggregate, select_experts
 from flexmoe_core.assignment import LoadTracker, assign
 from flexmoe_core.config import Settings
 from flexmoe_core.fitness import FitnessTable
 from flexmoe_core.replies import ReplyError, validate_eval_reply, validate_train_reply
+from flexmoe_core.seeds import round_rng
 
 log = logging.getLogger("flexmoe.server")
 
 DESCRIBE = f"{MessageType.QUERY}.describe"
+# Sent with every train / evaluate message: clients keep their gates under it, so a gate
+# stored by one run is never found by another (a resumed run keeps its token).
+RUN_TOKEN_KEY = "run-token"
+# Random streams, each seeded from (seed, purpose, round) alone: the participants of a
+# round never depend on how many numbers the assignment rule drew (see flexmoe_core.seeds).
+SAMPLING_STREAM = "sampling"
+ASSIGNMENT_STREAM = "assignment"
 
 
 @dataclass(frozen=True)
@@ -54,19 +64,46 @@ class RoundPlan:
     sent: dict[int, dict[str, np.ndarray]]
     solve_seconds: float
     discovery_seconds: float  # waiting for and describing new nodes: not server compute
+    decision: dict[str, Any] = field(default_factory=dict)  # the inputs of the assignment
     completed: list[int] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    traffic: Traffic = field(init=False)
 
     rows: dict[int, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.rows = {node: i for i, node in enumerate(self.node_ids)}
+        self.traffic = Traffic()
 
     def row(self, node: int) -> int:
         return self.rows[node]
 
     def held(self, node: int) -> list[int]:
         return np.flatnonzero(self.assignment[self.rows[node]]).tolist()
+
+
+@dataclass
+class Traffic:
+    """Bytes of the serialised Flower messages (protobuf, as the Fleet API carries them, without
+    transport framing) exchanged with the round's participants, per direction and phase, plus
+    the array bytes a dense model would have added to the same messages."""
+
+    down: dict[str, int] = field(default_factory=lambda: {"train": 0, "evaluate": 0})
+    up: dict[str, int] = field(default_factory=lambda: {"train": 0, "evaluate": 0})
+    dense_extra: int = 0
+    discovery: int = 0
+
+    @property
+    def total(self) -> int:
+        return sum(self.down.values()) + sum(self.up.values())
+
+
+def message_bytes(message: Message) -> int:
+    return message_to_proto(message).ByteSize()
+
+
+def record_bytes(arrays: Mapping[str, np.ndarray]) -> int:
+    return array_record_to_proto(to_record(arrays)).ByteSize()
 
 
 def to_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -87,11 +124,12 @@ class FlexMoEStrategy(Strategy):
         self.fitness = FitnessTable(settings.num_experts, mode=settings.fitness, ema_beta=settings.ema_beta,
                                     loss_alpha=settings.loss_alpha, initial=settings.initial_fitness)
         self.loads = LoadTracker(settings.num_experts)
-        # One generator drives sampling and randomised assignment, so a checkpoint can restore it.
-        self.rng = np.random.default_rng(settings.seed)
+        self.run_token = secrets.token_hex(8)
         self.nodes: dict[int, ClientInfo] = {}
+        self.refused: dict[int, ClientInfo] = {}  # nodes whose client id another connected node holds
+        self._warned: set[int] = set()
         self.plan: RoundPlan | None = None
-        self.dense_bytes = payload_bytes(self.global_state)
+        self.dense_record_bytes = record_bytes(self.global_state)
 
     # ------------------------------------------------------------------ Strategy API
     def summary(self) -> None:
@@ -105,22 +143,25 @@ class FlexMoEStrategy(Strategy):
                         grid: Grid) -> Iterable[Message]:
         self.global_state = to_arrays(arrays)
         waited = time.perf_counter()
-        node_ids = self.sample(self.wait_for_clients(grid))
+        ready, discovery_bytes = self.wait_for_clients(grid)
+        node_ids = self.sample(ready, server_round)
         discovery_seconds = time.perf_counter() - waited
         clients = [self.nodes[n] for n in node_ids]
         start = time.perf_counter()
-        x = self.assign(clients)
+        x, decision = self.assign(clients, server_round)
         solve_seconds = time.perf_counter() - start
         sent = {n: select_experts(self.global_state, np.flatnonzero(row).tolist()) for n, row in zip(node_ids, x)}
-        self.plan = RoundPlan(node_ids, clients, x, sent, solve_seconds, discovery_seconds)
-        return [self._message(n, sent[n], server_round, config, MessageType.TRAIN) for n in node_ids]
+        self.plan = RoundPlan(node_ids, clients, x, sent, solve_seconds, discovery_seconds, decision)
+        self.plan.traffic.discovery = discovery_bytes
+        messages = [self._message(n, sent[n], server_round, config, MessageType.TRAIN) for n in node_ids]
+        self._count_down(self.plan, "train", messages)
+        return messages
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         plan = self._require_plan()
         accepted: dict[int, Any] = {}
         failed, rejected = 0, 0
-        bytes_up: list[int] = []
         seen: set[int] = set()
         for reply in replies:
             node = reply.metadata.src_node_id
@@ -128,6 +169,7 @@ class FlexMoEStrategy(Strategy):
                 log.warning("round %d: ignoring an unexpected or repeated reply from node %d", server_round, node)
                 continue
             seen.add(node)
+            plan.traffic.up["train"] += message_bytes(reply)
             if reply.has_error():
                 failed += 1
                 log.warning("round %d: client %s failed: %s", server_round, self.nodes[node].client_id,
@@ -136,7 +178,7 @@ class FlexMoEStrategy(Strategy):
             try:
                 arrays, metrics = _train_content(reply)
                 accepted[node] = validate_train_reply(plan.sent[node], arrays, metrics, self.num_experts)
-                bytes_up.append(payload_bytes(arrays))
+                plan.traffic.dense_extra += self.dense_record_bytes - record_bytes(arrays)
             except ReplyError as err:
                 rejected += 1
                 log.warning("round %d: rejected reply of client %s (node %d): %s", server_round,
@@ -149,7 +191,7 @@ class FlexMoEStrategy(Strategy):
         self.global_state = aggregate(self.global_state, [accepted[n].update for n in plan.completed],
                                       self.num_experts)
         self._learn_from(plan, accepted)
-        plan.metrics = self._train_metrics(plan, accepted, failed, rejected, timed_out, bytes_up)
+        plan.metrics = self._train_metrics(plan, accepted, failed, rejected, timed_out)
         return to_record(self.global_state), MetricRecord(plan.metrics)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -158,16 +200,16 @@ class FlexMoEStrategy(Strategy):
         # the experts it held this round and its own gate, on its local test split.
         plan = self._require_plan()
         state = to_arrays(arrays)
-        messages = []
-        for node in plan.completed:
-            held = plan.held(node)
-            messages.append(self._message(node, select_experts(state, held), server_round, config,
-                                          MessageType.EVALUATE))
+        messages = [self._message(node, select_experts(state, plan.held(node)), server_round, config,
+                                  MessageType.EVALUATE) for node in plan.completed]
+        self._count_down(plan, "evaluate", messages)
         return messages
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        plan = self._require_plan()
         outcomes = []
         for reply in replies:
+            plan.traffic.up["evaluate"] += message_bytes(reply)
             if reply.has_error():
                 log.warning("round %d: evaluation failed on node %d: %s", server_round,
                             reply.metadata.src_node_id, reply.error.reason)
@@ -177,8 +219,9 @@ class FlexMoEStrategy(Strategy):
             except (ReplyError, KeyError) as err:
                 log.warning("round %d: rejected evaluation of node %d: %s", server_round,
                             reply.metadata.src_node_id, err)
+        traffic = self._traffic_metrics(plan)
         if not outcomes:
-            return None
+            return MetricRecord(traffic)
         accuracies = np.array([o.accuracy for o in outcomes])
         examples = np.array([o.num_examples for o in outcomes], dtype=float)
         summary = M.accuracy_summary(accuracies, examples)
@@ -189,18 +232,23 @@ class FlexMoEStrategy(Strategy):
             "accuracy-median": float(summary["median"]),
             "eval-loss": float(np.average([o.loss for o in outcomes], weights=np.maximum(examples, 1e-12))),
             "num-evaluated": len(outcomes),
+            **traffic,
         })
 
     # ------------------------------------------------------------------ clients
-    def wait_for_clients(self, grid: Grid) -> list[int]:
-        """Describe newly connected nodes; wait (bounded) until `min-train-nodes` are known."""
+    def wait_for_clients(self, grid: Grid) -> tuple[list[int], int]:
+        """Describe newly connected nodes; wait (bounded) until `min-train-nodes` are known.
+
+        Returns the usable connected nodes and the bytes the describe messages took."""
         deadline = time.monotonic() + self.settings.node_wait_timeout
+        discovery_bytes = 0
         while True:
             connected = sorted(grid.get_node_ids())
-            self._describe_new(grid, connected)
+            discovery_bytes += self._describe_new(grid, connected)
+            self._admit(connected)
             ready = [n for n in connected if n in self.nodes]
             if len(ready) >= self.settings.min_train_nodes:
-                return ready
+                return ready, discovery_bytes
             if time.monotonic() >= deadline:
                 raise RuntimeError(
                     f"only {len(ready)} usable client(s) connected after node-wait-timeout="
@@ -210,46 +258,75 @@ class FlexMoEStrategy(Strategy):
                      len(ready), self.settings.min_train_nodes)
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
-    def _describe_new(self, grid: Grid, connected: list[int]) -> None:
-        new = [n for n in connected if n not in self.nodes]
+    def _describe_new(self, grid: Grid, connected: list[int]) -> int:
+        new = [n for n in connected if n not in self.nodes and n not in self.refused]
         if not new:
-            return
+            return 0
         messages = [Message(RecordDict({"config": ConfigRecord({"num-experts": self.num_experts})}),
                             message_type=DESCRIBE, dst_node_id=n) for n in new]
-        taken = {info.client_id for info in self.nodes.values()}
+        traffic = sum(message_bytes(m) for m in messages)
         for reply in grid.send_and_receive(messages, timeout=self.settings.round_timeout):
+            traffic += message_bytes(reply)
             node = reply.metadata.src_node_id
             try:
-                info = _client_info(reply, self.num_experts)
+                self.refused[node] = _client_info(reply, self.num_experts)  # admitted by _admit
             except (ReplyError, KeyError) as err:
                 log.warning("node %d could not describe itself and is left out: %s", node, err)
-                continue
+        return traffic
+
+    def _admit(self, connected: list[int]) -> None:
+        """Admit described nodes whose client id no *connected* node holds.
+
+        A client id keys a fitness row, so two live nodes may not share one. A node that has
+        gone is forgotten, so the same client reconnecting under a new node id (a restarted
+        device without SuperNode authentication gets one) is admitted again, with its row.
+        """
+        live = set(connected)
+        for node in [n for n in self.nodes if n not in live]:
+            log.info("client %s left (node %d)", self.nodes.pop(node).client_id, node)
+        for node in [n for n in self.refused if n not in live]:
+            del self.refused[node]
+        taken = {info.client_id: node for node, info in self.nodes.items()}
+        for node in sorted(self.refused):
+            info = self.refused[node]
             if info.client_id in taken:
-                log.warning("node %d claims client-id %r, already used by a connected node: left out",
-                            node, info.client_id)
+                if node not in self._warned:  # once per node, not once per round
+                    log.warning("node %d claims client-id %r, already used by connected node %d: left out",
+                                node, info.client_id, taken[info.client_id])
+                    self._warned.add(node)
                 continue
-            taken.add(info.client_id)
+            del self.refused[node]
             self.nodes[node] = info
+            taken[info.client_id] = node
             log.info("client %s joined (node %d, capacity %d, %d examples)", info.client_id, node,
                      info.capacity, info.num_examples)
 
-    def sample(self, ready: list[int]) -> list[int]:
-        """Sample participants reproducibly: order by stable client id, draw with the seeded rng."""
+    def sample(self, ready: list[int], server_round: int) -> list[int]:
+        """Sample participants reproducibly: order by stable client id, draw from this round's own
+        stream, so every method samples the same clients in every round."""
         ordered = sorted(ready, key=lambda n: self.nodes[n].client_id)
         size = min(len(ordered), max(self.settings.min_train_nodes,
                                      int(len(ordered) * self.settings.fraction_train)))
-        picked = np.sort(self.rng.choice(len(ordered), size=size, replace=False))
+        rng = round_rng(self.settings.seed, SAMPLING_STREAM, server_round)
+        picked = np.sort(rng.choice(len(ordered), size=size, replace=False))
         return [ordered[i] for i in picked]
 
-    def assign(self, clients: list[ClientInfo]) -> np.ndarray:
+    def assign(self, clients: list[ClientInfo], server_round: int) -> tuple[np.ndarray, dict[str, Any]]:
+        """The round's (N, E) assignment and the inputs it was decided from."""
         s = self.settings
         ids = [c.client_id for c in clients]
         capacity = np.array([c.capacity for c in clients])
-        if s.assignment == "static":
-            return self._static_rows(ids)
         scores = self.fitness.scores(ids)
-        return assign(scores, capacity, s.assignment, rng=self.rng, load_slack=s.load_slack,
-                      deficit=self.loads.deficit, deficit_weight=s.deficit_weight, solver=s.solver)
+        deficit = self.loads.deficit
+        decision = {"capacity": capacity.tolist(), "fitness": scores.tolist(), "deficit": deficit.tolist()}
+        if s.assignment == "static":
+            return self._static_rows(ids), decision
+        # Only FLEX-MoE reads the deficit; the baselines are the textbook rules (see assignment.py).
+        uses_deficit = s.assignment == "flexmoe"
+        x = assign(scores, capacity, s.assignment, rng=round_rng(s.seed, ASSIGNMENT_STREAM, server_round),
+                   load_slack=s.load_slack, deficit=deficit if uses_deficit else None,
+                   deficit_weight=s.deficit_weight if uses_deficit else 0.0, solver=s.solver)
+        return x, decision
 
     def _static_rows(self, ids: list[str]) -> np.ndarray:
         # The round-robin is laid over every client seen so far (in id order), so a client keeps the
@@ -266,24 +343,22 @@ class FlexMoEStrategy(Strategy):
         """Q and deficits learn only from clients that finished the round with a valid reply."""
         for node in plan.completed:
             feedback = accepted[node]
-            # Only experts that actually received samples were measured; an expert the gate never
-            # picked this round has no accuracy or loss to learn from.
-            measured = [e for e in plan.held(node) if feedback.update.usage[e] > 0]
-            self.fitness.update(self.nodes[node].client_id, measured, feedback.accuracy, feedback.loss)
+            # Every held expert is scored: one the gate never selected scores 0 (FitnessTable.update),
+            # so it cannot keep its optimistic initial value and be re-assigned to this client forever.
+            self.fitness.update(self.nodes[node].client_id, plan.held(node), feedback.accuracy, feedback.loss,
+                                usage=feedback.update.usage)
         if plan.completed:
             rows = [plan.row(n) for n in plan.completed]
             capacity = np.array([plan.clients[r].capacity for r in rows])
             self.loads.update(plan.assignment[rows], capacity)
 
     def _train_metrics(self, plan: RoundPlan, accepted: Mapping[int, Any], failed: int, rejected: int,
-                       timed_out: int, bytes_up: list[int]) -> dict[str, Any]:
+                       timed_out: int) -> dict[str, Any]:
         load = M.expert_load(plan.assignment)
         routed = np.sum([accepted[n].update.usage for n in plan.completed], axis=0) if plan.completed \
             else np.zeros(self.num_experts)
         examples = [accepted[n].update.num_examples for n in plan.completed]
         losses = [accepted[n].train_loss for n in plan.completed]
-        bytes_down = [payload_bytes(arrays) for arrays in plan.sent.values()]
-        mean_down = float(np.mean(bytes_down))
         return {
             "num-sampled": len(plan.node_ids),
             "num-completed": len(plan.completed),
@@ -299,28 +374,50 @@ class FlexMoEStrategy(Strategy):
             "routed-load-variance": M.variance(routed),
             "routed-load-cv": M.coefficient_of_variation(routed),
             "routed-load-jain": M.jain_index(routed),
-            "bytes-down-per-client": mean_down,
-            "bytes-up-per-client": float(np.mean(bytes_up)) if bytes_up else 0.0,
-            "bytes-down-vs-dense": mean_down / self.dense_bytes,
             "solve-seconds": plan.solve_seconds,
             "discovery-seconds": plan.discovery_seconds,
         }
 
+    def _traffic_metrics(self, plan: RoundPlan) -> dict[str, float]:
+        """Bytes per participant (mean over the round's sampled clients), and the ratio to what the
+        same messages would have weighed carrying all E experts (exactly 1 for `dense`)."""
+        t, n = plan.traffic, max(len(plan.node_ids), 1)
+        return {
+            "bytes-down-train-per-client": t.down["train"] / n,
+            "bytes-down-eval-per-client": t.down["evaluate"] / n,
+            "bytes-up-train-per-client": t.up["train"] / n,
+            "bytes-up-eval-per-client": t.up["evaluate"] / n,
+            "bytes-down-per-client": (t.down["train"] + t.down["evaluate"]) / n,
+            "bytes-up-per-client": (t.up["train"] + t.up["evaluate"]) / n,
+            "bytes-total-per-client": t.total / n,
+            "bytes-total-vs-dense": t.total / (t.total + t.dense_extra) if t.total else float("nan"),
+            "bytes-discovery": float(t.discovery),
+        }
+
+    def _count_down(self, plan: RoundPlan, phase: str, messages: list[Message]) -> None:
+        for message in messages:
+            plan.traffic.down[phase] += message_bytes(message)
+            sent = plan.sent[message.metadata.dst_node_id]
+            plan.traffic.dense_extra += self.dense_record_bytes - record_bytes(sent)
+
     def assignment_record(self, server_round: int) -> dict[str, Any]:
-        """The round's assignment by stable client id (for results and the heatmap)."""
+        """The round's decision by stable client id: who held what, and the inputs it was made from
+        (capacity, each client's fitness row and the deficit), so anyone can re-check it offline."""
         plan = self._require_plan()
         return {
             "round": server_round,
             "clients": [c.client_id for c in plan.clients],
             "held": [np.flatnonzero(row).tolist() for row in plan.assignment],
-            "completed": [self.nodes[n].client_id for n in plan.completed],
+            "completed": [plan.clients[plan.row(n)].client_id for n in plan.completed],
+            **plan.decision,
         }
 
     # ------------------------------------------------------------------ helpers
     def _message(self, node: int, arrays: Mapping[str, np.ndarray], server_round: int, config: ConfigRecord,
                  message_type: str) -> Message:
         # A fresh RecordDict per node: each client gets its own expert subset.
-        round_config = ConfigRecord({**dict(config), "server-round": server_round})
+        round_config = ConfigRecord({**dict(config), "server-round": server_round,
+                                     RUN_TOKEN_KEY: self.run_token})
         return Message(RecordDict({"arrays": to_record(arrays), "config": round_config}),
                        message_type=message_type, dst_node_id=node)
 

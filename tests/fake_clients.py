@@ -21,9 +21,15 @@ class HonestClient:
         self.usage = usage or (lambda held: [num_examples / len(held)] * len(held))
         self.accuracy = accuracy
         self.received: list[Message] = []
+        self.replies: list[Message] = []
 
     def __call__(self, msg: Message) -> Message | None:
         self.received.append(msg)
+        reply = self.reply(msg)
+        self.replies.append(reply)
+        return reply
+
+    def reply(self, msg: Message) -> Message:
         kind = msg.metadata.message_type
         if kind == "query.describe":
             return Message(RecordDict({"config": ConfigRecord({

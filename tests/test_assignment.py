@@ -195,13 +195,31 @@ def test_greedy_is_per_row_top_k():
         assert set(np.flatnonzero(x[row])) == expected
 
 
-def test_greedy_uses_deficit_term_and_random_tie_break():
+def test_greedy_ignores_the_deficit_and_breaks_ties_at_random():
+    # A deficit that would pull every client onto expert 2 under FLEX-MoE's objective must not
+    # move greedy: it is top-k by Q alone.
     scores = np.zeros((200, 4))
-    deficit = np.array([0.0, 0.0, 1.0, 0.0])
-    x = assign(scores, 1, "greedy", rng=0, deficit=deficit, deficit_weight=1.0)
-    np.testing.assert_array_equal(x[:, 2], 1)
-    x_tied = assign(scores, 1, "greedy", rng=0)
-    assert (x_tied.sum(axis=0) > 20).all()  # ties broken at random, not always expert 0
+    deficit = np.array([0.0, 0.0, 5.0, 0.0])
+    with_deficit = assign(scores, 1, "greedy", rng=0, deficit=deficit, deficit_weight=1.0)
+    without = assign(scores, 1, "greedy", rng=0)
+    np.testing.assert_array_equal(with_deficit, without)
+    assert (without.sum(axis=0) > 20).all()  # ties broken at random, not always expert 0
+    flexmoe = assign(scores, 1, "flexmoe", deficit=deficit, deficit_weight=1.0, load_slack=10.0)
+    np.testing.assert_array_equal(flexmoe[:, 2], 1)  # ... whereas FLEX-MoE follows it
+
+
+@pytest.mark.parametrize("method", ["greedy", "random", "static", "dense"])
+def test_baselines_do_not_read_the_deficit(method):
+    rng = np.random.default_rng(3)
+    scores = rng.random((30, 8))
+    capacity = rng.choice([1, 2, 4], size=30)
+    deficit = rng.normal(0.0, 10.0, size=8)
+    plain = assign(scores, capacity, method, rng=7)
+    with_deficit = assign(scores, capacity, method, rng=7, deficit=deficit, deficit_weight=2.5)
+    np.testing.assert_array_equal(with_deficit, plain)
+    if method == "greedy":
+        for row, k in enumerate(capacity):  # distinct scores: top-k by Q, exactly
+            assert set(np.flatnonzero(plain[row])) == set(np.argsort(-scores[row])[:k])
 
 
 def test_random_rows_hold_exactly_k_distinct_experts_and_depend_on_seed():

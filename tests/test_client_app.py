@@ -19,12 +19,12 @@ from tests.in_process import federation, node_context, run_config
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
 
-def train_message(held, server_round=1):
-    state = build_global_state(4, num_classes=10, in_channels=1, image_size=28, arch="cnn", top_r=2,
+def train_message(held, server_round=1, run_token="run1", num_experts=4):
+    state = build_global_state(num_experts, num_classes=10, in_channels=1, image_size=28, arch="cnn", top_r=2,
                                expert_hidden=256, seed=0)
     sent = select_experts(state, held)
     content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in sent.items()}),
-                          "config": ConfigRecord({"server-round": server_round})})
+                          "config": ConfigRecord({"server-round": server_round, "run-token": run_token})})
     return Message(content, message_type="train", dst_node_id=7), sent
 
 
@@ -50,7 +50,8 @@ def test_train_returns_exactly_the_sent_keys_and_per_expert_feedback():
     usage = np.array(metrics["expert-usage"])
     assert len(usage) == 4 and len(metrics["expert-accuracy"]) == 4 and len(metrics["expert-loss"]) == 4
     assert usage[0] == usage[2] == 0  # unheld experts get no samples
-    assert usage.sum() == metrics["num-examples"]  # top-1 routing: every sample goes to one held expert
+    # top-2 routing over 2 held experts: every sample is in D[c, e] of both
+    np.testing.assert_array_equal(usage[[1, 3]], [metrics["num-examples"]] * 2)
     assert all(0.0 <= a <= 1.0 for a in metrics["expert-accuracy"])
     # the personal gate stays in the node's state, scoring all 4 experts
     gate = ctx.state[client.GATE_KEY]
@@ -67,6 +68,48 @@ def test_gate_persists_across_rounds_and_is_never_sent():
                                client.load_settings(ctx)[1], gate_round=1)
     for key, value in model.gate_state().items():
         np.testing.assert_array_equal(value, gate_after_round1[key])
+
+
+def test_initial_gate_depends_on_client_id_and_seed_only_not_on_capacity():
+    config = run_config(num_experts=8, capacity=8)
+    settings = Settings.from_run_config(config)
+    gates = []
+    for held in ([5], [0, 3], list(range(8))):  # k = 1, 2, 8
+        ctx = node_context(7, 0, 3, config)
+        msg, _ = train_message(held, num_experts=8)
+        gates.append(client.build_model(msg, settings, ctx, client.load_settings(ctx)[1], gate_round=0).gate_state())
+    for other in gates[1:]:
+        for key, value in gates[0].items():
+            np.testing.assert_array_equal(other[key], value)
+    other_client = node_context(8, 1, 3, config, **{"client-id": "someone-else"})
+    msg, _ = train_message([5], num_experts=8)
+    elsewhere = client.build_model(msg, settings, other_client, client.load_settings(other_client)[1], gate_round=0)
+    assert not np.array_equal(elsewhere.gate_state()["gate.weight"], gates[0]["gate.weight"])
+
+
+def test_a_gate_on_disk_is_found_only_by_the_run_that_stored_it(tmp_path):
+    config = run_config(client_state_dir=str(tmp_path / "state"))
+    settings = Settings.from_run_config(config)
+    ctx = node_context(7, 0, 3, config)
+    client.train(train_message([0, 1], server_round=1, run_token="first")[0], ctx)
+    trained = ctx.state[client.GATE_KEY]["gate.weight"].numpy().copy()
+    node = client.load_settings(ctx)[1]
+
+    def gate_in_new_process(token):  # a restarted node: empty in-memory state, same state dir
+        fresh = node_context(7, 0, 3, config)
+        msg = train_message([0, 1], server_round=2, run_token=token)[0]
+        return client.build_model(msg, settings, fresh, node, gate_round=1).gate_state()["gate.weight"]
+
+    np.testing.assert_array_equal(gate_in_new_process("first"), trained)  # resume of the same run
+    later = gate_in_new_process("second")  # a later run: starts from the initial gate, not ours
+    assert not np.array_equal(later, trained)
+    msg = train_message([0, 1], run_token="second")[0]
+    initial = client.build_model(msg, settings, node_context(7, 0, 3, config), node, gate_round=0)
+    np.testing.assert_array_equal(later, initial.gate_state()["gate.weight"])
+    # ... nor from the in-memory gate of another run
+    msg = train_message([0, 1], server_round=2, run_token="second")[0]
+    np.testing.assert_array_equal(client.build_model(msg, settings, ctx, node, gate_round=1).gate_state()["gate.weight"],
+                                  initial.gate_state()["gate.weight"])
 
 
 def test_evaluate_reports_accuracy_on_the_local_test_split():

@@ -46,10 +46,12 @@ def test_summarise_takes_last_accuracy_and_round_means(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(config))
     rounds = [
         {"accuracy": 0.5, "accuracy-p10": 0.3, "load-cv": 0.4, "cumulative-load-cv": 0.2, "routed-load-cv": 1.0,
-         "load-jain": 0.8, "bytes-down-per-client": 100.0, "bytes-down-vs-dense": 0.5,
+         "load-jain": 0.8, "bytes-down-per-client": 100.0, "bytes-up-per-client": 50.0,
+         "bytes-total-per-client": 150.0, "bytes-total-vs-dense": 0.5,
          "server-seconds": 1.0, "round-seconds": 10.0},
         {"accuracy": 0.7, "accuracy-p10": 0.6, "load-cv": 0.0, "cumulative-load-cv": 0.1, "routed-load-cv": 0.5,
-         "load-jain": 1.0, "bytes-down-per-client": 300.0, "bytes-down-vs-dense": 0.7,
+         "load-jain": 1.0, "bytes-down-per-client": 300.0, "bytes-up-per-client": 150.0,
+         "bytes-total-per-client": 450.0, "bytes-total-vs-dense": 0.7,
          "server-seconds": 2.0, "round-seconds": 20.0},
     ]
     (tmp_path / "metrics.json").write_text(json.dumps(rounds))
@@ -60,6 +62,8 @@ def test_summarise_takes_last_accuracy_and_round_means(tmp_path):
     assert row["routed-load-cv"] == pytest.approx(0.75)
     assert row["load-jain"] == pytest.approx(0.9)
     assert row["bytes-down-per-client"] == pytest.approx(200.0)
+    assert row["bytes-total-per-client"] == pytest.approx(300.0)
+    assert row["bytes-total-vs-dense"] == pytest.approx(0.6)
     assert row["server-overhead"] == pytest.approx(3.0 / 30.0)
     assert row["rounds"] == 2 and row["wall-seconds"] == 42.0
     assert "flexmoe" in format_table([row]).splitlines()[2]

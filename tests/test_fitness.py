@@ -69,6 +69,19 @@ def test_loss_mode_ema_mixes_old_value_and_score():
     assert table.row("c") == pytest.approx([0.625], rel=1e-15)
 
 
+@pytest.mark.parametrize("mode", ["accuracy", "loss"])
+def test_a_held_expert_with_zero_usage_scores_zero_in_both_modes(mode):
+    # Expert 1 was held but the gate never selected it: the trainer reports accuracy 0 and
+    # loss 0 for it. Loss 0 must not read as a perfect expert (exp(0) = 1), and the entry must
+    # not keep its optimistic 1.0 either: it scores 0.
+    table = FitnessTable(3, mode=mode, ema_beta=0.5, loss_alpha=1.0, initial=1.0)
+    table.update("c", [0, 1], accuracy=[0.8, 0.0, 0.0], loss=[math.log(2.0), 0.0, 0.0], usage=[12, 0, 0])
+    used_score = 0.8 if mode == "accuracy" else 0.5
+    assert table.row("c") == pytest.approx([0.5 + 0.5 * used_score, 0.5, 1.0], rel=1e-15)
+    table.update("c", [1], accuracy=[0.0, 0.0, 0.0], loss=[0.0, 0.0, 0.0], usage=[0, 0, 0])
+    assert table.row("c")[1] == pytest.approx(0.25, rel=1e-15)  # keeps decaying while unused
+
+
 def test_scores_returns_rows_in_requested_order_and_copies():
     table = FitnessTable(2, ema_beta=1.0)
     table.update("a", [0], accuracy=[0.1, 0.0], loss=[0.0, 0.0])

@@ -14,7 +14,8 @@ from tests.in_process import federation, run_config
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
-TIMING = ("round-seconds", "server-seconds", "solve-seconds", "discovery-seconds")
+# Timing, and the describe messages that restarted nodes exchange again after the resume.
+TIMING = ("round-seconds", "server-seconds", "solve-seconds", "discovery-seconds", "bytes-discovery")
 
 
 def comparable(rounds):

@@ -37,7 +37,8 @@ def test_flwr_run_completes_and_survives_a_crashing_client(tmp_path):
         # capacities 1+2+2+4 = 9 over 4 experts: loads 2 or 3 (L* = 2.25), so CV = std/mean of them
         assert sorted(r["expert-load"]) == [2.0, 2.0, 2.0, 3.0]
         assert r["load-cv"] == pytest.approx(0.19245, abs=1e-4)
-        assert 0.0 < r["bytes-down-vs-dense"] < 1.0
+        assert 0.0 < r["bytes-total-vs-dense"] < 1.0
+        assert r["bytes-total-per-client"] == pytest.approx(r["bytes-down-per-client"] + r["bytes-up-per-client"])
     with (results / "metrics.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == 2
     history = json.loads((results / "assignments.json").read_text())

@@ -60,9 +60,43 @@ def test_aggregate_equals_hand_computed_weighted_means(fake_grid):
     assert metrics["load-cv"] == 0.0
     assert metrics["routed-load"] == [15.0, 15.0, 35.0, 35.0]
     assert metrics["num-completed"] == 4 and metrics["num-failed"] == 0
-    # bytes: extractor (2 floats) + 2 experts (2 floats each) vs extractor + 4 experts
-    assert metrics["bytes-down-per-client"] == (2 + 2 * 2) * 4
-    assert metrics["bytes-down-vs-dense"] == pytest.approx(6 / 10)
+
+
+def full_round(strategy, grid, server_round=1):
+    """Train and evaluate; returns the metrics of both phases."""
+    _, (arrays, train_metrics) = train_round(strategy, grid, server_round)
+    messages = strategy.configure_evaluate(server_round, arrays, ConfigRecord(), grid)
+    eval_metrics = strategy.aggregate_evaluate(server_round, grid.send_and_receive(messages))
+    return {**dict(train_metrics), **dict(eval_metrics)}
+
+
+def test_bytes_are_the_serialised_messages_of_both_phases(fake_grid):
+    from flwr.common.serde import message_to_proto
+
+    strategy, grid, clients = make(fake_grid)
+    metrics = full_round(strategy, grid)
+    size = lambda m: message_to_proto(m).ByteSize()  # noqa: E731
+    train_down = [m for m in grid.sent[-2] if m.metadata.message_type == "train"]
+    eval_down = grid.sent[-1]
+    replies = {kind: [size(r) for c in clients.values() for r in c.replies if r.metadata.message_type == kind]
+               for kind in ("train", "evaluate")}
+    n = len(CLIENTS)
+    assert metrics["bytes-down-train-per-client"] == sum(map(size, train_down)) / n
+    assert metrics["bytes-down-eval-per-client"] == sum(map(size, eval_down)) / n
+    assert metrics["bytes-up-train-per-client"] == sum(replies["train"]) / n
+    assert metrics["bytes-up-eval-per-client"] == sum(replies["evaluate"]) / n
+    assert metrics["bytes-total-per-client"] == pytest.approx(
+        metrics["bytes-down-per-client"] + metrics["bytes-up-per-client"])
+    assert metrics["bytes-discovery"] > 0  # the describe exchange of round 1
+    # Against dense from the same totals: a dense run of the same round sends and receives the
+    # same messages with all 4 experts; its ratio is exactly 1.
+    dense, dense_grid, _ = make(fake_grid, assignment="dense")
+    dense_metrics = full_round(dense, dense_grid)
+    assert dense_metrics["bytes-total-vs-dense"] == 1.0
+    assert metrics["bytes-total-vs-dense"] == pytest.approx(
+        metrics["bytes-total-per-client"] / dense_metrics["bytes-total-per-client"], rel=1e-3)
+    # 2 of 4 experts (2 floats each) plus the extractor: clearly below dense, above the array ratio 6/10
+    assert 0.6 < metrics["bytes-total-vs-dense"] < 0.9
 
 
 def test_expert_nobody_held_keeps_its_weights(fake_grid):

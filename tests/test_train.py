@@ -54,7 +54,8 @@ def test_feedback_shapes_and_ranges(epochs):
     for array in (fb.usage, fb.accuracy, fb.loss, fb.routing_mass):
         assert array.shape == (E,)
     unheld = [e for e in range(E) if e not in HELD]
-    assert fb.usage.sum() == result.num_examples == 100  # last epoch only
+    # top-2 of 3 held experts: each last-epoch sample is in D[c, e] of exactly two experts
+    assert fb.usage.sum() == 2 * result.num_examples == 200
     assert np.all(fb.usage[unheld] == 0) and np.all(fb.accuracy[unheld] == 0) and np.all(fb.loss[unheld] == 0)
     assert np.all((fb.accuracy >= 0) & (fb.accuracy <= 1))
     # >= 0, not > 0: a perfectly fitted expert can reach float32 cross-entropy 0 (seen on GPU).
@@ -65,7 +66,8 @@ def test_feedback_shapes_and_ranges(epochs):
 
 def test_feedback_equals_definition_when_weights_do_not_move():
     """lr = 0 keeps the model fixed, so the feedback can be recomputed from one pass:
-    usage = top-1 counts; accuracy / loss of each expert's OWN logits on its samples."""
+    usage = how often e was among the top-2 selected; accuracy / loss of each expert's OWN
+    logits on those samples."""
     dataset = synthetic(90, seed=3)
     model = make_model(seed=4)
     result = train_local(model, dataset, epochs=1, batch_size=25, lr=0.0, seed=5)
@@ -73,21 +75,64 @@ def test_feedback_equals_definition_when_weights_do_not_move():
     with torch.no_grad():
         features = model.extractor(x)
         probs = torch.softmax(model.gate(features)[:, HELD], dim=1)
-        top1 = [HELD[i] for i in probs.argmax(dim=1).tolist()]
+        top2 = [[HELD[j] for j in row] for row in probs.topk(2, dim=1).indices.tolist()]
         own = {e: model.experts[str(e)](features) for e in HELD}
         mixture = model(x)
     usage = np.zeros(E, dtype=np.int64)
     correct = np.zeros(E)
     loss = np.zeros(E)
-    for i, e in enumerate(top1):
-        usage[e] += 1
-        correct[e] += float(own[e][i].argmax() == y[i])
-        loss[e] += float(F.cross_entropy(own[e][i:i + 1], y[i:i + 1]))
+    for i, chosen in enumerate(top2):
+        for e in chosen:
+            usage[e] += 1
+            correct[e] += float(own[e][i].argmax() == y[i])
+            loss[e] += float(F.cross_entropy(own[e][i:i + 1], y[i:i + 1]))
+    assert usage.sum() == 2 * 90
     used = usage > 0
     np.testing.assert_array_equal(result.feedback.usage, usage)
     np.testing.assert_allclose(result.feedback.accuracy[used], correct[used] / usage[used])
     np.testing.assert_allclose(result.feedback.loss[used], loss[used] / usage[used], rtol=1e-5)
     assert result.mean_loss == pytest.approx(float(F.cross_entropy(mixture, y)), rel=1e-5)
+
+
+def test_feedback_from_a_hand_made_routing():
+    """Three samples, held experts (1, 4, 5), top-2. Sample 0 picks positions {0, 1} (experts 1, 4),
+    sample 1 {1, 2} (4, 5), sample 2 {0, 1} (1, 4). Expert 4 is never anyone's first choice, but as
+    the second choice it is in D[c, 4] for every sample: usage 3, not 0."""
+    from flexmoe_core.model import Routing
+    from flexmoe_core.train import _FeedbackTotals
+
+    labels = torch.tensor([0, 1, 2])
+    # own logits (B=3, k=3, C=3): the argmax of each expert's logits per sample
+    predicted = torch.tensor([[0, 1, 0], [2, 1, 1], [2, 0, 2]])  # [sample][position]
+    expert_logits = F.one_hot(predicted, 3).float() * 4.0
+    selected = torch.tensor([[0, 1], [1, 2], [0, 1]])
+    gate_probs = torch.zeros(3, E)
+    gate_probs[:, HELD] = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])
+    routing = Routing(held_experts=tuple(HELD), top1=torch.tensor([1, 4, 1]), selected=selected,
+                      expert_logits=expert_logits, gate_probs=gate_probs)
+    totals = _FeedbackTotals(E, torch.device("cpu"))
+    totals.add(expert_logits[:, 0], routing, labels)
+    fb = totals.feedback()
+    np.testing.assert_array_equal(fb.usage, [0, 2, 0, 0, 3, 1])
+    # expert 1 on samples 0, 2: predicts 0 (right), 2 (right) -> 1.0
+    # expert 4 on samples 0, 1, 2: predicts 1 (wrong), 1 (right), 0 (wrong) -> 1/3
+    # expert 5 on sample 1: predicts 1 (right) -> 1.0
+    np.testing.assert_allclose(fb.accuracy, [0, 1.0, 0, 0, 1 / 3, 1.0])
+    own_loss = F.cross_entropy(expert_logits.reshape(-1, 3), labels.repeat_interleave(3),
+                               reduction="none").view(3, 3)
+    expected_loss = [0, (own_loss[0, 0] + own_loss[2, 0]) / 2, 0, 0,
+                     (own_loss[0, 1] + own_loss[1, 1] + own_loss[2, 1]) / 3, own_loss[1, 2]]
+    np.testing.assert_allclose(fb.loss, [float(v) for v in expected_loss], rtol=1e-6)
+
+
+def test_a_held_expert_the_gate_never_selects_reports_zero_usage():
+    model = make_model(seed=1, top_r=1)
+    with torch.no_grad():  # the gate always prefers expert 1 by a wide margin
+        model.gate.weight.zero_()
+        model.gate.bias.copy_(torch.tensor([0.0, 50.0, 0.0, 0.0, 0.0, 0.0]))
+    result = train_local(model, synthetic(40), epochs=1, batch_size=40, lr=0.0, seed=0)
+    np.testing.assert_array_equal(result.feedback.usage, [0, 40, 0, 0, 0, 0])
+    assert result.feedback.accuracy[4] == 0.0 and result.feedback.loss[4] == 0.0
 
 
 def test_training_is_deterministic_given_seed():
