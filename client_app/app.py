@@ -18,6 +18,7 @@ from client_app.partitions import FlowerPartitioning
 from flexmoe_core.config import NodeSettings, Settings, SettingsError, dataset_shape
 from flexmoe_core.data import client_datasets
 from flexmoe_core.model import MoEClassifier, pick_device
+from flexmoe_core.poisoning import flip_labels, poison_update
 from flexmoe_core.replies import held_experts
 from flexmoe_core.seeds import derive_seed
 from flexmoe_core.train import evaluate as evaluate_model
@@ -48,6 +49,9 @@ def train(msg: Message, context: Context) -> Message:
     server_round = int(msg.content["config"]["server-round"])
     model = build_model(msg, settings, context, node, gate_round=server_round - 1)
     train_set, _ = local_data(settings, node)
+    attacking = node.client_id in settings.attacking_clients
+    if attacking and settings.attack == "label-flip":
+        train_set = label_flipped(train_set, dataset_shape(settings.dataset).num_classes)
     result = train_local(model, train_set, epochs=settings.local_epochs, batch_size=settings.batch_size,
                          lr=settings.lr, seed=derive_seed(settings.seed, "data-order", node.client_id, server_round),
                          device=pick_device())
@@ -60,8 +64,22 @@ def train(msg: Message, context: Context) -> Message:
         "expert-accuracy": [float(v) for v in feedback.accuracy],
         "expert-loss": [float(v) for v in feedback.loss],
     })
-    arrays = ArrayRecord({k: Array(v) for k, v in model.shared_state_dict().items()})
+    trained = model.shared_state_dict()
+    if attacking:  # research setting `attack`: poisoned, yet finite and well-formed
+        sent = {key: value.numpy() for key, value in msg.content["arrays"].items()}
+        trained = poison_update(sent, trained, settings.attack, settings.attack_scale,
+                                seed=derive_seed(settings.seed, "attack", node.client_id, server_round))
+    arrays = ArrayRecord({k: Array(v) for k, v in trained.items()})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+def label_flipped(dataset, num_classes: int):
+    """The same images with every label y replaced by C - 1 - y (the `label-flip` attack)."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    images, labels = dataset.tensors
+    return TensorDataset(images, torch.from_numpy(flip_labels(labels.numpy(), num_classes)))
 
 
 @app.evaluate()

@@ -3,20 +3,25 @@
 #   1. build the images (official Flower base images, or local stand-ins where no image
 #      registry is reachable, podman only);
 #   2. start SuperLink, ServerApp SuperExec and 3 SuperNodes with their ClientApp
-#      SuperExecs (compose; plus compose.tls.yml with MODE=tls);
+#      SuperExecs (compose; plus compose.tls.yml with MODE=tls; plus compose.auth.yml with
+#      MODE=auth: the nodes' keys are registered with the SuperLink before they start,
+#      each node must come online under the node id its key was registered with, and a
+#      node with an unregistered key must be refused);
 #   3. submit a 2-round FLEX-MoE run with `flwr run . <connection>`, wait until the
 #      SuperLink reports it finished, and require "finished:completed";
 #   4. copy the results out of the results volume and check them (files, round count,
 #      accuracies in [0, 1], 3 clients per round, no failures, the capacity-bounded
-#      expert load, stable client ids);
+#      expert load, stable client ids); MODE=auth: restart a SuperNode and the SuperLink
+#      and check that every node keeps its node id;
 #   5. tear everything down (containers, network, results volume), also on failure or
 #      Ctrl-C, after saving every service's log.
 #
 #   docker/smoke-test.sh                 # plain HTTP
 #   MODE=tls docker/smoke-test.sh        # TLS overlay (certificates from docker/certs.sh)
+#   MODE=auth docker/smoke-test.sh       # TLS + SuperNode authentication (+ node keys)
 #
 # Settings (environment variables):
-#   MODE           insecure | tls                                              [insecure]
+#   MODE           insecure | tls | auth                                       [insecure]
 #   ENGINE         auto | docker | podman (auto: a reachable Docker engine, else podman) [auto]
 #   BASE_SOURCE    auto | official | local: flwr/{superlink,supernode,superexec} images
 #                  from the registry, or built here (debootstrap + pip; podman, root).
@@ -76,7 +81,7 @@ declare -A PHASE_SECONDS=()
 phase_start() { PHASE_NAME="$1"; PHASE_T0=$SECONDS; log "== $1"; }
 phase_end() { PHASE_SECONDS[$PHASE_NAME]=$((SECONDS - PHASE_T0)); }
 
-case "$MODE" in insecure|tls) ;; *) die "MODE must be insecure or tls, got '$MODE'" ;; esac
+case "$MODE" in insecure|tls|auth) ;; *) die "MODE must be insecure, tls or auth, got '$MODE'" ;; esac
 case "$BASE_SOURCE" in auto|official|local) ;; *) die "BASE_SOURCE must be auto, official or local" ;; esac
 case "$TORCH_SOURCE" in auto|cpu-index|wheelhouse|default-index) ;;
     *) die "TORCH_SOURCE must be auto, cpu-index, wheelhouse or default-index" ;; esac
@@ -161,10 +166,15 @@ fi
 
 # ---------------------------------------------------------------- teardown (trap)
 COMPOSE_FILES=(-f "$HERE/compose.yml")
-[[ "$MODE" == tls ]] && COMPOSE_FILES+=(-f "$HERE/compose.tls.yml")
+[[ "$MODE" == tls || "$MODE" == auth ]] && COMPOSE_FILES+=(-f "$HERE/compose.tls.yml")
+[[ "$MODE" == auth ]] && COMPOSE_FILES+=(-f "$HERE/compose.auth.yml")
 compose() { "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" "$@"; }
 SERVICES=(superlink superexec-serverapp supernode-1 supernode-2 supernode-3
           superexec-clientapp-1 superexec-clientapp-2 superexec-clientapp-3)
+# `down` with every profile enabled, so that it also removes the unregistered node's
+# container should one be left over.
+DOWN_PROFILES=()
+[[ "$MODE" == auth ]] && DOWN_PROFILES=(--profile unregistered)
 STARTED=0
 
 save_logs() {
@@ -188,10 +198,10 @@ teardown() {
         fi
         if [[ "$KEEP" == 1 ]]; then
             log "KEEP=1: the demo is still running; stop it with:"
-            echo "    ${COMPOSE[*]} -p $PROJECT ${COMPOSE_FILES[*]} down -v"
+            echo "    ${COMPOSE[*]} -p $PROJECT ${COMPOSE_FILES[*]} ${DOWN_PROFILES[*]} down -v"
         else
             log "tearing down (containers, network, results volume)"
-            compose down -v -t 10 >"$SMOKE_DIR/logs/down.log" 2>&1 ||
+            compose "${DOWN_PROFILES[@]}" down -v -t 10 >"$SMOKE_DIR/logs/down.log" 2>&1 ||
                 echo "smoke-test.sh: warning: '${COMPOSE[*]} down' failed; see $SMOKE_DIR/logs/down.log" >&2
         fi
     fi
@@ -333,7 +343,10 @@ log "built $FLEXMOE_IMAGE"
 phase_end
 
 # ------------------------------------------------------------------ certificates
-if [[ "$MODE" == tls ]]; then
+# The certificates and node keys live in docker/certs/ and are kept across runs (the
+# nodes' identities); the SuperLink's database starts empty in every test run.
+export FLEXMOE_STATE_DIR="$SMOKE_DIR/superlink-state"
+if [[ "$MODE" != insecure ]]; then
     export FLEXMOE_CERTS_DIR="$HERE/certs"
     bash "$HERE/certs.sh" "$FLEXMOE_CERTS_DIR" >/dev/null
 fi
@@ -349,16 +362,28 @@ export FLWR_SUPEREXEC_IMAGE="$SUPEREXEC_BASE" FLEXMOE_RESULTS_VOLUME="$PROJECT-r
 export CAPACITY_1="${CAPACITIES[0]}" CAPACITY_2="${CAPACITIES[1]}" CAPACITY_3="${CAPACITIES[2]}"
 
 # Leftovers of an earlier run of this project (e.g. KEEP=1) would be reused by `up`.
-compose down -v -t 5 >"$SMOKE_DIR/logs/down-before.log" 2>&1 || true
+compose "${DOWN_PROFILES[@]}" down -v -t 5 >"$SMOKE_DIR/logs/down-before.log" 2>&1 || true
 STARTED=1
-compose up -d --no-build >"$SMOKE_DIR/logs/up.log" 2>&1 ||
-    { tail -n 20 "$SMOKE_DIR/logs/up.log" >&2; die "'compose up' failed; see $SMOKE_DIR/logs/up.log"; }
+# compose_up LOG [SERVICE...]: `compose up -d` (all services of the default profile, or
+# those named), failing the test if it fails.
+compose_up() {
+    local log="$1"; shift
+    compose up -d --no-build "$@" >"$log" 2>&1 ||
+        { tail -n 20 "$log" >&2; die "'compose up $*' failed; see $log"; }
+}
+if [[ "$MODE" == auth ]]; then
+    # Authenticated nodes: the SuperLink alone first; the nodes start once their keys are
+    # registered (below), because the SuperLink refuses an unknown key at once.
+    compose_up "$SMOKE_DIR/logs/up-superlink.log" superlink
+else
+    compose_up "$SMOKE_DIR/logs/up.log"
+fi
 
 # The Flower CLI talks to the SuperLink through its published port.
 export FLWR_HOME="$SMOKE_DIR/flwr-home"
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 FLWR_DISABLE_UPDATE_CHECK=1
 mkdir -p "$FLWR_HOME"
-if [[ "$MODE" == tls ]]; then
+if [[ "$MODE" != insecure ]]; then
     SCHEME=https; TRANSPORT="root-certificates = \"$FLEXMOE_CERTS_DIR/ca.crt\""
 else
     SCHEME=http; TRANSPORT="insecure = true"
@@ -396,21 +421,94 @@ PY
 # flwr_json ARGS...: a `flwr` command's JSON answer on stdout (nothing if it had none).
 # Bounded: a SuperLink that accepts the connection but never answers must not hang the test.
 flwr_json() { (cd "$REPO_ROOT" && timeout 180 "$FLWR" "$@" --format json 2>>"$SMOKE_DIR/logs/flwr-cli.log") || true; }
-nodes_online() {
-    local n
-    n="$(flwr_json supernode ls "$CONNECTION" | python3 -c '
+# node_list [STATUS]: "node-id status" per line of the SuperLink's node list (only the
+# nodes with that status if given); nothing when the SuperLink did not answer.
+node_list() {
+    flwr_json supernode ls "$CONNECTION" | python3 -c '
 import json, sys
 try:
     nodes = json.load(sys.stdin).get("nodes", [])
 except ValueError:
     nodes = []
-print(sum(1 for n in nodes if str(n.get("status", "")).lower() == "online"))')"
-    [[ "$n" -ge 3 ]]
+want = sys.argv[1] if len(sys.argv) > 1 else None
+for n in nodes:
+    status = str(n.get("status", "")).lower()
+    if want is None or status == want:
+        print(n.get("node-id"), status)' "$@"
 }
+nodes_online() { [[ "$(node_list online | wc -l)" -ge 3 ]]; }
 wait_until "$STARTUP_TIMEOUT" "SuperLink ($SCHEME://127.0.0.1:$SUPERLINK_PORT/health)" superlink_healthy
 log "SuperLink healthy on 127.0.0.1:$SUPERLINK_PORT ($MODE)"
+
+if [[ "$MODE" == auth ]]; then
+    # register_key N: `flwr supernode register` of docker/certs/supernode_N.pub; prints
+    # "ok <node id>", "known" (already registered: its node id is unchanged) or "error <answer>".
+    register_key() {
+        flwr_json supernode register "$FLEXMOE_CERTS_DIR/supernode_$1.pub" "$CONNECTION" --name "device-$1" |
+            python3 -c '
+import json, sys
+text = sys.stdin.read()
+try:
+    d = json.loads(text)
+except ValueError:
+    d = {}
+if d.get("success"):
+    print("ok", d["node-id"])
+elif "already in use" in str(d.get("error-message", "")):
+    print("known")
+else:
+    print("error", " ".join(text.split())[:300] or "no answer")'
+    }
+    declare -A NODE_ID=()
+    for i in 1 2 3; do
+        verdict="$(register_key "$i")"
+        [[ "$verdict" == ok\ * ]] || die "registering supernode_$i.pub failed: $verdict (see $SMOKE_DIR/logs/flwr-cli.log)"
+        NODE_ID[$i]="${verdict#ok }"
+        log "registered docker/certs/supernode_$i.pub (device-$i) as node id ${NODE_ID[$i]}"
+    done
+    verdict="$(register_key 2)"
+    [[ "$verdict" == known ]] || die "registering supernode_2.pub a second time answered '$verdict', expected 'already in use'"
+    log "registering supernode_2.pub again: refused as already in use (node id kept)"
+    REGISTERED="$(printf '%s\n' "${NODE_ID[@]}" | sort -n | paste -sd ' ' -)"
+    compose_up "$SMOKE_DIR/logs/up.log"
+fi
 wait_until "$STARTUP_TIMEOUT" "3 SuperNodes online" nodes_online
 log "3 SuperNodes online"
+
+if [[ "$MODE" == auth ]]; then
+    # node_id_in_log SERVICE: the node id in the service's last "SuperNode ID: N" line.
+    node_id_in_log() {
+        compose logs "$1" 2>/dev/null | grep -ao 'SuperNode ID: [0-9]*' | tail -n 1 | awk '{print $3}' || true
+    }
+    # nodes_are_registered: the SuperLink lists exactly the registered node ids, all online.
+    nodes_are_registered() {
+        [[ "$(node_list online | awk '{print $1}' | sort -n | paste -sd ' ' -)" == "$REGISTERED" &&
+           "$(node_list | wc -l)" -eq 3 ]]
+    }
+    wait_until 60 "the online nodes to be exactly the registered ones ($REGISTERED)" nodes_are_registered
+    for i in 1 2 3; do
+        got="$(node_id_in_log "supernode-$i")"
+        [[ "$got" == "${NODE_ID[$i]}" ]] || die "supernode-$i runs as node id '${got:-none}', registered as ${NODE_ID[$i]}"
+    done
+    log "each SuperNode runs under the node id its key was registered with: $REGISTERED"
+
+    # A SuperNode with a valid key pair that the SuperLink does not know: must be refused.
+    set +e
+    timeout 180 "${COMPOSE[@]}" -p "$PROJECT" "${COMPOSE_FILES[@]}" --profile unregistered \
+        run --rm --no-deps -T supernode-unregistered >"$SMOKE_DIR/logs/supernode-unregistered.log" 2>&1
+    rc=$?
+    set -e
+    grep -a 'Failed to activate SuperNode\|Failed to initialize\|SuperNode ID' "$SMOKE_DIR/logs/supernode-unregistered.log" |
+        sed 's/^/    /' || true
+    ((rc != 0 && rc != 124)) ||
+        die "the SuperNode with the unregistered key exited with $rc (expected a refusal); see $SMOKE_DIR/logs/supernode-unregistered.log"
+    grep -aq 'Failed to activate SuperNode' "$SMOKE_DIR/logs/supernode-unregistered.log" ||
+        die "the SuperNode with the unregistered key did not report 'Failed to activate SuperNode'; see $SMOKE_DIR/logs/supernode-unregistered.log"
+    ! grep -aq 'SuperNode ID:' "$SMOKE_DIR/logs/supernode-unregistered.log" ||
+        die "the SuperNode with the unregistered key got a node id; see $SMOKE_DIR/logs/supernode-unregistered.log"
+    nodes_are_registered || die "after the unregistered node's attempt the SuperLink lists '$(node_list | tr '\n' ',')', expected exactly $REGISTERED"
+    log "the SuperNode with the unregistered key (docker/certs/supernode_4) was refused (exit $rc); the SuperLink still lists only $REGISTERED"
+fi
 phase_end
 
 # ------------------------------------------------------------------------ run
@@ -502,7 +600,34 @@ PY
 log "results copied to $SMOKE_DIR/results"
 phase_end
 
-for p in "base images" "app image" "start demo" "2-round run" "check results"; do
+PHASES=("base images" "app image" "start demo" "2-round run" "check results")
+if [[ "$MODE" == auth ]]; then
+    # ------------------------------------------------------------- stable identities
+    phase_start "node identity"
+    # A SuperNode restart (graceful: SIGTERM, the node deactivates itself) comes back
+    # under the same node id: the SuperLink maps its key to the id it registered.
+    before="$(compose logs supernode-2 2>/dev/null | grep -ac 'SuperNode ID:' || true)"
+    compose restart supernode-2 >"$SMOKE_DIR/logs/restart-supernode-2.log" 2>&1 ||
+        die "'compose restart supernode-2' failed; see $SMOKE_DIR/logs/restart-supernode-2.log"
+    reconnected() { [[ "$(compose logs supernode-2 2>/dev/null | grep -ac 'SuperNode ID:' || true)" -gt "$before" ]] && nodes_are_registered; }
+    wait_until "$STARTUP_TIMEOUT" "supernode-2 to reconnect after its restart" reconnected
+    got="$(node_id_in_log supernode-2)"
+    [[ "$got" == "${NODE_ID[2]}" ]] || die "supernode-2 came back as node id '$got', registered as ${NODE_ID[2]}"
+    log "supernode-2 restarted: back online as node id $got (unchanged)"
+    # A SuperLink restart keeps the registrations: they are in its database (FLEXMOE_STATE_DIR).
+    compose restart superlink >"$SMOKE_DIR/logs/restart-superlink.log" 2>&1 ||
+        die "'compose restart superlink' failed; see $SMOKE_DIR/logs/restart-superlink.log"
+    wait_until "$STARTUP_TIMEOUT" "the SuperLink after its restart" superlink_healthy
+    same_ids() { [[ "$(node_list | awk '{print $1}' | sort -n | paste -sd ' ' -)" == "$REGISTERED" ]]; }
+    wait_until 60 "the registered node ids after the SuperLink's restart" same_ids
+    verdict="$(register_key 3)"
+    [[ "$verdict" == known ]] || die "after the SuperLink's restart, supernode_3.pub is not known any more ('$verdict')"
+    log "SuperLink restarted: it still knows the 3 keys and their node ids ($REGISTERED; from its database)"
+    phase_end
+    PHASES+=("node identity")
+fi
+
+for p in "${PHASES[@]}"; do
     printf '    %-14s %5ss\n' "$p" "${PHASE_SECONDS[$p]:-0}"
 done
 log "total $((SECONDS - T0))s (teardown follows)"

@@ -14,6 +14,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from flexmoe_core.poisoning import ATTACKS
+from flexmoe_core.robust_aggregation import ROBUST_METHODS
+
 # The one source of dataset shapes (constants only: importing it loads no data).
 from flexmoe_core.data import SPECS
 from flexmoe_core.data import spec_of as dataset_shape  # noqa: F401 - re-exported for the apps
@@ -75,6 +78,17 @@ class Settings:
     resume: bool = False
     # Fault injection for resilience tests and demos: these client ids raise during training.
     crash_clients: str = ""
+    # A fixed cohort of this many clients evaluated every round (0 = the round's participants).
+    eval_cohort: int = 0
+    # Defences and claims (flexmoe_core.robust_aggregation, flexmoe_core.replies).
+    robust_aggregation: str = "none"
+    trim_fraction: float = 0.2
+    clip_factor: float = 2.0
+    max_declared_examples: int = 1_000_000
+    # Attack simulation for research (flexmoe_core.poisoning), off by default.
+    attack: str = "none"
+    attack_scale: float = 10.0
+    attack_clients: str = ""
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> Settings:
@@ -132,6 +146,15 @@ class Settings:
         check.positive("node-wait-timeout", self.node_wait_timeout)
         check.positive("round-timeout", self.round_timeout)
         check.at_least("seed", self.seed, 0)
+        check.at_least("eval-cohort", self.eval_cohort, 0)
+        check.choice("robust-aggregation", self.robust_aggregation, ROBUST_METHODS)
+        check.between("trim-fraction", self.trim_fraction, 0.0, 0.4999, "0 <= trim-fraction < 0.5")
+        check.positive("clip-factor", self.clip_factor)
+        check.at_least("max-declared-examples", self.max_declared_examples, 1)
+        check.choice("attack", self.attack, ATTACKS)
+        check.at_least("attack-scale", self.attack_scale, 0.0)
+        if self.attack != "none" and not self.attacking_clients:
+            out.append(f"attack = {self.attack!r} needs attack-clients (comma-separated client ids)")
         if not self.results_dir.strip():
             out.append("results-dir must be a non-empty path")
         return out
@@ -139,6 +162,10 @@ class Settings:
     @property
     def crashing_clients(self) -> frozenset[str]:
         return frozenset(c.strip() for c in self.crash_clients.split(",") if c.strip())
+
+    @property
+    def attacking_clients(self) -> frozenset[str]:
+        return frozenset(c.strip() for c in self.attack_clients.split(",") if c.strip())
 
     @property
     def capacities(self) -> tuple[int, ...]:

@@ -53,12 +53,21 @@ class EvalOutcome:
 
 
 def validate_train_reply(sent: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray],
-                         metrics: Mapping[str, Any], num_experts: int) -> TrainFeedback:
-    """Check a training reply against what was sent; return the parts the server uses."""
+                         metrics: Mapping[str, Any], num_experts: int,
+                         declared_examples: int | None = None) -> TrainFeedback:
+    """Check a training reply against what was sent; return the parts the server uses.
+
+    `declared_examples` is the training-set size the client declared when it joined: the
+    example count weights its extractor update, so a client may not claim more in a reply
+    (10**9 examples would otherwise take over the extractor's average).
+    """
     _check_arrays(sent, arrays)
     num_examples = _count(metrics, NUM_EXAMPLES)
     if num_examples == 0:
         raise ReplyError(NUM_EXAMPLES, "a training reply must cover at least one example")
+    if declared_examples is not None and num_examples > declared_examples:
+        raise ReplyError(NUM_EXAMPLES, f"claims {num_examples} examples, more than the {declared_examples} "
+                                       "it declared when it joined")
     usage = _per_expert(metrics, EXPERT_USAGE, num_experts, low=0.0, high=float(num_examples))
     accuracy = _per_expert(metrics, EXPERT_ACCURACY, num_experts, low=0.0, high=1.0)
     loss = _per_expert(metrics, EXPERT_LOSS, num_experts, low=0.0, high=math.inf)
@@ -69,6 +78,14 @@ def validate_train_reply(sent: Mapping[str, np.ndarray], arrays: Mapping[str, np
         raise ReplyError(EXPERT_USAGE, f"reports usage for experts {unheld_usage} it did not hold")
     update = ClientUpdate(state=dict(arrays), num_examples=num_examples, usage=usage)
     return TrainFeedback(update=update, accuracy=accuracy, loss=loss, train_loss=train_loss)
+
+
+def check_declared_examples(value: Any, ceiling: int) -> int:
+    """A join-time size declaration: a non-negative integer not above `max-declared-examples`."""
+    count = _count({NUM_EXAMPLES: value}, NUM_EXAMPLES)
+    if count > ceiling:
+        raise ReplyError(NUM_EXAMPLES, f"declares {count} training examples, above max-declared-examples={ceiling}")
+    return count
 
 
 def validate_eval_reply(metrics: Mapping[str, Any]) -> EvalOutcome:

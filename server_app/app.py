@@ -144,7 +144,8 @@ class FederatedRun:
 
 # Settings that change what the checkpoint means; the rest (rounds, timeouts, ...) may differ on resume.
 _RESUME_MUST_MATCH = ("num-experts", "model", "dataset", "partition", "dirichlet-alpha", "classes-per-client",
-                      "assignment", "fitness", "seed", "top-r", "max-samples-per-client")
+                      "assignment", "fitness", "seed", "top-r", "max-samples-per-client",
+                      "robust-aggregation", "attack", "attack-clients")
 
 
 def _check_compatible(saved: dict[str, Any], settings: Settings) -> None:

@@ -26,11 +26,12 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from flexmoe_core import metrics as M
-from flexmoe_core.aggregation import aggregate, select_experts
+from flexmoe_core.aggregation import select_experts
 from flexmoe_core.assignment import LoadTracker, assign
 from flexmoe_core.config import Settings
 from flexmoe_core.fitness import FitnessTable
-from flexmoe_core.replies import ReplyError, validate_eval_reply, validate_train_reply
+from flexmoe_core.replies import ReplyError, check_declared_examples, validate_eval_reply, validate_train_reply
+from flexmoe_core.robust_aggregation import robust_aggregate
 from flexmoe_core.seeds import round_rng
 
 log = logging.getLogger("flexmoe.server")
@@ -43,6 +44,8 @@ RUN_TOKEN_KEY = "run-token"
 # round never depend on how many numbers the assignment rule drew (see flexmoe_core.seeds).
 SAMPLING_STREAM = "sampling"
 ASSIGNMENT_STREAM = "assignment"
+EVAL_ASSIGNMENT_STREAM = "eval-assignment"
+EVAL_COHORT_STREAM = "eval-cohort"
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class RoundPlan:
     discovery_seconds: float  # waiting for and describing new nodes: not server compute
     decision: dict[str, Any] = field(default_factory=dict)  # the inputs of the assignment
     completed: list[int] = field(default_factory=list)
+    evaluated: list[str] = field(default_factory=list)  # client ids sent an evaluation
     metrics: dict[str, Any] = field(default_factory=dict)
     traffic: Traffic = field(init=False)
 
@@ -129,6 +133,7 @@ class FlexMoEStrategy(Strategy):
         self.refused: dict[int, ClientInfo] = {}  # nodes whose client id another connected node holds
         self._warned: set[int] = set()
         self.plan: RoundPlan | None = None
+        self.cohort: list[str] = []  # fixed evaluation cohort (eval-cohort > 0), drawn at the first evaluation
         self.dense_record_bytes = record_bytes(self.global_state)
 
     # ------------------------------------------------------------------ Strategy API
@@ -177,7 +182,8 @@ class FlexMoEStrategy(Strategy):
                 continue
             try:
                 arrays, metrics = _train_content(reply)
-                accepted[node] = validate_train_reply(plan.sent[node], arrays, metrics, self.num_experts)
+                accepted[node] = validate_train_reply(plan.sent[node], arrays, metrics, self.num_experts,
+                                                      declared_examples=self.nodes[node].num_examples)
                 plan.traffic.dense_extra += self.dense_record_bytes - record_bytes(arrays)
             except ReplyError as err:
                 rejected += 1
@@ -188,22 +194,51 @@ class FlexMoEStrategy(Strategy):
             log.warning("round %d: %d client(s) did not reply within round-timeout=%.0fs", server_round,
                         timed_out, self.settings.round_timeout)
         plan.completed = [n for n in plan.node_ids if n in accepted]
-        self.global_state = aggregate(self.global_state, [accepted[n].update for n in plan.completed],
-                                      self.num_experts)
+        s = self.settings
+        self.global_state = robust_aggregate(self.global_state, [accepted[n].update for n in plan.completed],
+                                             self.num_experts, s.robust_aggregation, trim_fraction=s.trim_fraction,
+                                             clip_factor=s.clip_factor)
         self._learn_from(plan, accepted)
         plan.metrics = self._train_metrics(plan, accepted, failed, rejected, timed_out)
         return to_record(self.global_state), MetricRecord(plan.metrics)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        # Personalised evaluation: each client that trained evaluates the new global extractor with
-        # the experts it held this round and its own gate, on its local test split.
+        # Personalised evaluation: the new global extractor with the client's experts and its own gate,
+        # on its local test split.
         plan = self._require_plan()
         state = to_arrays(arrays)
-        messages = [self._message(node, select_experts(state, plan.held(node)), server_round, config,
-                                  MessageType.EVALUATE) for node in plan.completed]
+        targets = self._evaluation_targets(plan, server_round)
+        plan.evaluated = [self.nodes[node].client_id for node, _ in targets]
+        messages = [self._message(node, select_experts(state, held), server_round, config, MessageType.EVALUATE)
+                    for node, held in targets]
         self._count_down(plan, "evaluate", messages)
         return messages
+
+    def _evaluation_targets(self, plan: RoundPlan, server_round: int) -> list[tuple[int, list[int]]]:
+        """Who is evaluated, with which experts.
+
+        By default the clients that trained this round, with the experts they held. Under partial
+        participation those change every round, so accuracy curves would compare different clients;
+        with `eval-cohort = M` a fixed cohort of M clients (drawn once from the seed) is evaluated
+        every round instead, each with the experts the method's own rule gives the cohort now (as if
+        it were the round's participants; nothing is learned from it) and its latest gate.
+        """
+        if not self.settings.eval_cohort:
+            return [(node, plan.held(node)) for node in plan.completed]
+        by_id = {info.client_id: node for node, info in self.nodes.items()}
+        nodes = [by_id[c] for c in self._cohort_ids() if c in by_id]
+        x, _ = self._decide([self.nodes[n] for n in nodes], server_round, EVAL_ASSIGNMENT_STREAM)
+        return [(node, np.flatnonzero(row).tolist()) for node, row in zip(nodes, x)]
+
+    def _cohort_ids(self) -> list[str]:
+        if not self.cohort:
+            known = sorted(info.client_id for info in self.nodes.values())
+            rng = round_rng(self.settings.seed, EVAL_COHORT_STREAM, 0)
+            size = min(self.settings.eval_cohort, len(known))
+            self.cohort = sorted(known[i] for i in rng.choice(len(known), size=size, replace=False))
+            log.info("evaluation cohort (fixed for the run): %s", ", ".join(self.cohort))
+        return self.cohort
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         plan = self._require_plan()
@@ -269,7 +304,8 @@ class FlexMoEStrategy(Strategy):
             traffic += message_bytes(reply)
             node = reply.metadata.src_node_id
             try:
-                self.refused[node] = _client_info(reply, self.num_experts)  # admitted by _admit
+                self.refused[node] = _client_info(reply, self.num_experts,  # admitted by _admit
+                                                  self.settings.max_declared_examples)
             except (ReplyError, KeyError) as err:
                 log.warning("node %d could not describe itself and is left out: %s", node, err)
         return traffic
@@ -313,6 +349,10 @@ class FlexMoEStrategy(Strategy):
 
     def assign(self, clients: list[ClientInfo], server_round: int) -> tuple[np.ndarray, dict[str, Any]]:
         """The round's (N, E) assignment and the inputs it was decided from."""
+        return self._decide(clients, server_round, ASSIGNMENT_STREAM)
+
+    def _decide(self, clients: list[ClientInfo], server_round: int,
+                stream: str) -> tuple[np.ndarray, dict[str, Any]]:
         s = self.settings
         ids = [c.client_id for c in clients]
         capacity = np.array([c.capacity for c in clients])
@@ -323,7 +363,7 @@ class FlexMoEStrategy(Strategy):
             return self._static_rows(ids), decision
         # Only FLEX-MoE reads the deficit; the baselines are the textbook rules (see assignment.py).
         uses_deficit = s.assignment == "flexmoe"
-        x = assign(scores, capacity, s.assignment, rng=round_rng(s.seed, ASSIGNMENT_STREAM, server_round),
+        x = assign(scores, capacity, s.assignment, rng=round_rng(s.seed, stream, server_round),
                    load_slack=s.load_slack, deficit=deficit if uses_deficit else None,
                    deficit_weight=s.deficit_weight if uses_deficit else 0.0, solver=s.solver)
         return x, decision
@@ -381,15 +421,19 @@ class FlexMoEStrategy(Strategy):
     def _traffic_metrics(self, plan: RoundPlan) -> dict[str, float]:
         """Bytes per participant (mean over the round's sampled clients), and the ratio to what the
         same messages would have weighed carrying all E experts (exactly 1 for `dense`)."""
-        t, n = plan.traffic, max(len(plan.node_ids), 1)
+        t = plan.traffic
+        trained, evaluated = max(len(plan.node_ids), 1), max(len(plan.evaluated), 1)
+        per_client = {
+            "bytes-down-train-per-client": t.down["train"] / trained,
+            "bytes-down-eval-per-client": t.down["evaluate"] / evaluated,
+            "bytes-up-train-per-client": t.up["train"] / trained,
+            "bytes-up-eval-per-client": t.up["evaluate"] / evaluated,
+        }
         return {
-            "bytes-down-train-per-client": t.down["train"] / n,
-            "bytes-down-eval-per-client": t.down["evaluate"] / n,
-            "bytes-up-train-per-client": t.up["train"] / n,
-            "bytes-up-eval-per-client": t.up["evaluate"] / n,
-            "bytes-down-per-client": (t.down["train"] + t.down["evaluate"]) / n,
-            "bytes-up-per-client": (t.up["train"] + t.up["evaluate"]) / n,
-            "bytes-total-per-client": t.total / n,
+            **per_client,
+            "bytes-down-per-client": per_client["bytes-down-train-per-client"] + per_client["bytes-down-eval-per-client"],
+            "bytes-up-per-client": per_client["bytes-up-train-per-client"] + per_client["bytes-up-eval-per-client"],
+            "bytes-total-per-client": sum(per_client.values()),
             "bytes-total-vs-dense": t.total / (t.total + t.dense_extra) if t.total else float("nan"),
             "bytes-discovery": float(t.discovery),
         }
@@ -397,8 +441,8 @@ class FlexMoEStrategy(Strategy):
     def _count_down(self, plan: RoundPlan, phase: str, messages: list[Message]) -> None:
         for message in messages:
             plan.traffic.down[phase] += message_bytes(message)
-            sent = plan.sent[message.metadata.dst_node_id]
-            plan.traffic.dense_extra += self.dense_record_bytes - record_bytes(sent)
+            sent = array_record_to_proto(message.content["arrays"]).ByteSize()
+            plan.traffic.dense_extra += self.dense_record_bytes - sent
 
     def assignment_record(self, server_round: int) -> dict[str, Any]:
         """The round's decision by stable client id: who held what, and the inputs it was made from
@@ -410,6 +454,7 @@ class FlexMoEStrategy(Strategy):
             "held": [np.flatnonzero(row).tolist() for row in plan.assignment],
             "completed": [plan.clients[plan.row(n)].client_id for n in plan.completed],
             **plan.decision,
+            "evaluated": plan.evaluated,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -436,7 +481,7 @@ def _train_content(reply: Message) -> tuple[dict[str, np.ndarray], dict[str, Any
     return to_arrays(content["arrays"]), dict(content["metrics"])
 
 
-def _client_info(reply: Message, num_experts: int) -> ClientInfo:
+def _client_info(reply: Message, num_experts: int, max_examples: int) -> ClientInfo:
     if reply.has_error():
         raise ReplyError("describe", reply.error.reason)
     config = reply.content["config"]
@@ -447,6 +492,4 @@ def _client_info(reply: Message, num_experts: int) -> ClientInfo:
         raise ReplyError("client-id", f"must be a non-empty string, got {client_id!r}")
     if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= num_experts:
         raise ReplyError("capacity", f"must be an integer in 1..num-experts={num_experts}, got {capacity!r}")
-    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 0:
-        raise ReplyError("num-examples", f"must be a non-negative integer, got {num_examples!r}")
-    return ClientInfo(client_id, capacity, num_examples)
+    return ClientInfo(client_id, capacity, check_declared_examples(num_examples, max_examples))

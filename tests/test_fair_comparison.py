@@ -132,3 +132,25 @@ def test_two_connected_nodes_claiming_one_client_id_stay_refused(fake_grid):
     record = play_round(strategy, grid, 3)
     assert strategy.nodes[555].client_id == "client-0"
     assert "client-0" in record["clients"]
+
+
+def test_a_fixed_evaluation_cohort_is_evaluated_every_round_under_every_method(fake_grid):
+    evaluated = {}
+    for method in METHODS:
+        strategy, grid = strategy_for(method, fraction_train=0.3, eval_cohort=3), fake_grid(clients_for(10))
+        records = []
+        for server_round in range(1, 5):
+            fitness_before = {c: strategy.fitness.row(c) for c in strategy.fitness.client_ids}
+            records.append(play_round(strategy, grid, server_round))
+            eval_messages = grid.sent[-1]
+            capacity = 4 if method == "dense" else 2
+            for message in eval_messages:  # each cohort member gets experts by the method's own rule
+                held = {k.split(".")[1] for k in message.content["arrays"] if k.startswith("experts.")}
+                assert len(held) == capacity
+            untrained = set(records[-1]["evaluated"]) - set(records[-1]["clients"])
+            for client_id in untrained & set(fitness_before):  # evaluation teaches Q nothing
+                np.testing.assert_array_equal(strategy.fitness.row(client_id), fitness_before[client_id])
+        evaluated[method] = [r["evaluated"] for r in records]
+        assert all(ids == evaluated[method][0] and len(ids) == 3 for ids in evaluated[method])
+        assert any(set(r["evaluated"]) != set(r["clients"]) for r in records)
+    assert all(value == evaluated["flexmoe"] for value in evaluated.values())

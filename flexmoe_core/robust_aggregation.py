@@ -1,0 +1,149 @@
+"""Poisoning-resistant aggregation of partial FLEX-MoE models, per parameter group.
+
+Flower's robust strategies (FedTrimmedAvg, FedMedian, Krum, Bulyan) assume every
+client holds the whole model; here each client holds the extractor plus its own
+subset of experts, so the defences are applied per group:
+
+* the extractor over all of the round's participants;
+* each expert over the clients that held it (typically N*k/E, i.e. 2-3 holders).
+
+Methods (`robust-aggregation`):
+
+``none``          today's weighted average (:func:`flexmoe_core.aggregation.aggregate`).
+``norm-clip``     each client's update u = theta_client - theta_global is clipped, group by
+                  group, to ``clip-factor x median ||u||``. The median is taken over a POOL:
+                  all extractor updates of the round form one pool, all (client, expert)
+                  updates of the round another (experts share one shape). A median over one
+                  expert's 2-3 holders would be no defence: one attacker among two holders
+                  *is* half of that median. The clipped updates are then averaged with the
+                  usual weights (examples for the extractor, usage for experts).
+``trimmed-mean``  coordinate-wise mean over a group's holders after dropping the
+                  ``floor(trim-fraction x n)`` largest and smallest values (unweighted, as
+                  FedTrimmedAvg). When that trims nothing (too few holders) the group falls
+                  back to the coordinate-wise median if it has at least 3 holders, and to the
+                  plain weighted average with 1-2 holders, where no statistic can tell an
+                  attacker from an honest client; see :func:`trim_count`.
+``median``        coordinate-wise median over a group's holders (unweighted, as FedMedian).
+
+An expert nobody held keeps its weights, as in plain aggregation, and every output
+array has its global array's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from flexmoe_core.aggregation import ClientUpdate, State, aggregate, expert_of
+
+ROBUST_METHODS = ("none", "norm-clip", "trimmed-mean", "median")
+
+
+def robust_aggregate(global_state: State, updates: Sequence[ClientUpdate], num_experts: int, method: str = "none",
+                     *, trim_fraction: float = 0.2, clip_factor: float = 2.0) -> dict[str, np.ndarray]:
+    """The new global state under the chosen defence (see the module docstring)."""
+    if method not in ROBUST_METHODS:
+        raise ValueError(f"robust aggregation must be one of {ROBUST_METHODS}, got {method!r}")
+    if not 0.0 <= trim_fraction < 0.5:
+        raise ValueError(f"trim_fraction must lie in [0, 0.5), got {trim_fraction!r}")
+    if not clip_factor > 0.0:
+        raise ValueError(f"clip_factor must be > 0, got {clip_factor!r}")
+    if method == "none" or not updates:
+        return aggregate(global_state, updates, num_experts)
+    if method == "norm-clip":
+        return aggregate(global_state, clip_updates(global_state, updates, clip_factor), num_experts)
+    # Validation (keys, shapes, experts) as in plain aggregation, then replace every held group.
+    result = aggregate(global_state, updates, num_experts)
+    for group, holders in _groups(updates).items():
+        keys = [k for k in global_state if _group_of(k) == group]
+        for key in keys:
+            stack = np.stack([np.asarray(updates[i].state[key], dtype=np.float64) for i in holders])
+            value = _coordinatewise(stack, method, trim_fraction)
+            if value is not None:
+                result[key] = _cast(value, global_state[key].dtype)
+    return result
+
+
+def trim_count(holders: int, trim_fraction: float) -> int:
+    """Values dropped from EACH end of a coordinate; 0 means trimming cannot act on this group."""
+    count = math.floor(trim_fraction * holders)
+    return count if holders - 2 * count >= 1 else 0
+
+
+def clip_updates(global_state: State, updates: Sequence[ClientUpdate], clip_factor: float) -> list[ClientUpdate]:
+    """Each client's update clipped per group to clip_factor x the pooled median norm of its kind."""
+    norms = {(i, g): _update_norm(global_state, u, g) for i, u in enumerate(updates) for g in _held_groups(u)}
+    bound = {kind: clip_factor * float(np.median([n for (_, g), n in norms.items() if _kind(g) == kind]))
+             for kind in {_kind(g) for _, g in norms}}
+    clipped = []
+    for i, update in enumerate(updates):
+        state = dict(update.state)
+        for group in _held_groups(update):
+            norm, limit = norms[(i, group)], bound[_kind(group)]
+            if norm > limit:
+                scale = limit / norm
+                for key in _keys(update, group):
+                    base = np.asarray(global_state[key], dtype=np.float64)
+                    value = base + scale * (np.asarray(state[key], dtype=np.float64) - base)
+                    state[key] = value.astype(np.asarray(global_state[key]).dtype)
+        clipped.append(ClientUpdate(state=state, num_examples=update.num_examples, usage=update.usage))
+    return clipped
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _group_of(key: str) -> str | None:
+    """'extractor' or 'expert-<e>' for an exchanged key; None for a gate key."""
+    expert = expert_of(key)
+    if expert is not None:
+        return f"expert-{expert}"
+    return "extractor" if key.startswith("extractor.") else None
+
+
+def _kind(group: str) -> str:
+    return "extractor" if group == "extractor" else "expert"
+
+
+def _held_groups(update: ClientUpdate) -> list[str]:
+    return sorted({g for g in map(_group_of, update.state) if g is not None})
+
+
+def _keys(update: ClientUpdate, group: str) -> list[str]:
+    return [k for k in update.state if _group_of(k) == group]
+
+
+def _groups(updates: Sequence[ClientUpdate]) -> dict[str, list[int]]:
+    """Group -> indices of the updates that hold it."""
+    holders: dict[str, list[int]] = {}
+    for i, update in enumerate(updates):
+        for group in _held_groups(update):
+            holders.setdefault(group, []).append(i)
+    return holders
+
+
+def _update_norm(global_state: State, update: ClientUpdate, group: str) -> float:
+    squares = sum(float(np.sum((np.asarray(update.state[k], dtype=np.float64)
+                                - np.asarray(global_state[k], dtype=np.float64)) ** 2))
+                  for k in _keys(update, group))
+    return math.sqrt(squares)
+
+
+def _coordinatewise(stack: np.ndarray, method: str, trim_fraction: float) -> np.ndarray | None:
+    """Median or trimmed mean over axis 0; None keeps the weighted average (1-2 holders, no trim)."""
+    holders = stack.shape[0]
+    if method == "median":
+        return np.median(stack, axis=0)
+    count = trim_count(holders, trim_fraction)
+    if count == 0:
+        return np.median(stack, axis=0) if holders >= 3 else None
+    ordered = np.sort(stack, axis=0)
+    return ordered[count:holders - count].mean(axis=0)
+
+
+def _cast(value: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if np.issubdtype(dtype, np.integer):
+        value = np.rint(value)
+    return value.astype(dtype)

@@ -1,0 +1,98 @@
+"""Attack x defence table: `python -m server_app.attacks` (FLEX-MoE under poisoning, same seed).
+
+Runs the clean federation and each attack under each defence through the same `flwr run`
+simulation path as the main job, then prints final accuracy per cell and writes
+`summary.json` / `summary.csv` to the output folder. Runs already summarised there are
+skipped, so an interrupted table resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from flexmoe_core.poisoning import ATTACKS
+from flexmoe_core.results import atomic_write_bytes, atomic_write_json
+from flexmoe_core.robust_aggregation import ROBUST_METHODS
+from server_app.experiment import APP_DIR, load_overrides, summarise
+from server_app.launcher import SimulationSuperLink
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=APP_DIR / "conf" / "attacks.toml")
+    parser.add_argument("--attacks", default=",".join(ATTACKS[1:]), help="comma-separated, from " + ", ".join(ATTACKS))
+    parser.add_argument("--defences", default=",".join(ROBUST_METHODS), help="from " + ", ".join(ROBUST_METHODS))
+    parser.add_argument("--num-supernodes", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=APP_DIR / "results" / "attacks")
+    return parser.parse_args(argv)
+
+
+def cells(attacks: list[str], defences: list[str]) -> list[tuple[str, str]]:
+    """(attack, defence) pairs; 'none' first, so the clean cost of each defence is measured too."""
+    return [(attack, defence) for attack in ["none", *attacks] for defence in defences]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    attacks = [a for a in args.attacks.split(",") if a and a != "none"]
+    defences = [d for d in args.defences.split(",") if d]
+    bad = [a for a in attacks if a not in ATTACKS] + [d for d in defences if d not in ROBUST_METHODS]
+    if bad:
+        raise SystemExit(f"unknown attack or defence {bad}; allowed: {ATTACKS} and {ROBUST_METHODS}")
+    base = load_overrides(args.config, [])
+    out = args.out.resolve()
+    rows = _load_rows(out)
+    todo = [c for c in cells(attacks, defences) if f"{c[0]}/{c[1]}" not in rows]
+    with SimulationSuperLink(args.num_supernodes) as superlink:
+        for done, (attack, defence) in enumerate(todo, 1):
+            name = f"{attack}/{defence}"
+            print(f"\n=== [{done}/{len(todo)}] attack={attack} defence={defence}", flush=True)
+            results = out / attack / defence
+            overrides = {**base, "attack": attack, "robust-aggregation": defence, "results-dir": str(results)}
+            if attack == "none":
+                overrides["attack-clients"] = ""
+            outcome = superlink.run(APP_DIR, overrides, echo=False)
+            if not outcome.ok:
+                print(f"run {name} failed (status {outcome.status}):\n{outcome.log[-2000:]}", file=sys.stderr)
+                return 1
+            rows[name] = {"attack": attack, "defence": defence, **summarise("flexmoe", results, outcome.seconds)}
+            _write(out, rows)
+            print(f"    accuracy {rows[name]['accuracy']:.4f} in {outcome.seconds:.0f}s", flush=True)
+    print("\n" + format_table(rows, attacks, defences))
+    return 0
+
+
+def format_table(rows: dict[str, dict[str, Any]], attacks: list[str], defences: list[str]) -> str:
+    """Final accuracy, one row per attack, one column per defence."""
+    header = ["attack \\ defence", *defences]
+    body = [[attack, *(f"{rows[f'{attack}/{d}']['accuracy']:.4f}" if f"{attack}/{d}" in rows else "-"
+                       for d in defences)] for attack in ["none", *attacks]]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
+    line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
+
+
+def _load_rows(out: Path) -> dict[str, dict[str, Any]]:
+    path = out / "summary.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    return {f"{r['attack']}/{r['defence']}": r for r in rows}
+
+
+def _write(out: Path, rows: dict[str, dict[str, Any]]) -> None:
+    values = list(rows.values())
+    atomic_write_json(out / "summary.json", values)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(values[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(values)
+    atomic_write_bytes(out / "summary.csv", buffer.getvalue().encode())
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
