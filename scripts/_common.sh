@@ -21,6 +21,8 @@
 #                                                                              [$RUN_DIR/flwr-home]
 #   FLWR_VENV         virtual environment with flwr + the app                  [<repo>/.venv if present]
 #   STARTUP_TIMEOUT / STOP_TIMEOUT  bounded waits in seconds                   [60 / 15]
+#   OWNER_PID         if set, every process started here stops by itself when that pid
+#                     dies, however it dies (flexmoe_core/watchdog.py)           [unset]
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 MODE="${MODE:-insecure}"
@@ -130,6 +132,12 @@ start_detached() {
     mkdir -p "$(dirname "$log")" "$RUN_DIR"
     # Append: the log of an earlier instance (e.g. before a restart) is kept for diagnosis.
     echo "===== $(date -u +%FT%TZ) starting $name: $*" >> "$log"
+    if [[ -n "${OWNER_PID:-}" ]]; then
+        require_int OWNER_PID "$OWNER_PID" 1
+        # The watchdog runs from the repository (REPO_ROOT on PYTHONPATH) with the venv's Python.
+        set -- env "PYTHONPATH=$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m flexmoe_core.watchdog \
+            --owner "$OWNER_PID" --grace "$STOP_TIMEOUT" -- "$@"
+    fi
     setsid "$@" >>"$log" 2>&1 < /dev/null &
     local pid=$!
     echo "$pid $(start_time "$pid")" > "$pidfile"

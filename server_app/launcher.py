@@ -4,7 +4,9 @@
 start `flower-superlink --simulation` ourselves on free loopback ports, point a
 private FLWR_HOME at it, submit runs with `flwr run`, read the run's final status
 (`flwr run --stream` exits 0 even when the run failed) and stop the SuperLink and
-its children by process group when done, also on errors.
+its children by process group when done, also on errors. Every process it starts runs
+under `flexmoe_core.watchdog`, so it also ends when this process is killed outright
+(SIGKILL, the OOM killer), which no `finally` survives.
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flexmoe_core.watchdog import wrap
+
 FEDERATION = "sim"
+# The watchdog's SIGTERM-to-SIGKILL grace; stop() waits longer so the watchdog can finish.
+WATCHDOG_GRACE = 10.0
 
 
 def free_port() -> int:
@@ -84,7 +90,7 @@ class SimulationSuperLink:
         command = [_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
                    "--host", "127.0.0.1", "--port", str(self.port), "--database", str(self.flwr_home / "state.db"),
                    "--disable-runtime-dependency-installation", "--log-file", str(log_file)]
-        self.process = subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL,
+        self.process = subprocess.Popen(wrap(command, grace=WATCHDOG_GRACE), env=self.env, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             self._wait_healthy(log_file)
@@ -99,7 +105,7 @@ class SimulationSuperLink:
     def stop(self) -> None:
         """Stop the SuperLink and everything it spawned (its own process group)."""
         if self.process is not None and self.process.poll() is None:
-            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            for sig, wait in ((signal.SIGTERM, 2 * WATCHDOG_GRACE + 5), (signal.SIGKILL, 5)):
                 try:
                     os.killpg(self.process.pid, sig)
                     self.process.wait(timeout=wait)
@@ -122,8 +128,9 @@ class SimulationSuperLink:
             command += ["--run-config", overrides]
         start = time.perf_counter()
         lines: list[str] = []
-        with subprocess.Popen(command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True, bufsize=1) as proc:
+        # Own process group, so that a timeout stops `flwr run` and its watchdog with one signal.
+        with subprocess.Popen(wrap(command, grace=WATCHDOG_GRACE), env=self.env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True) as proc:
             deadline = time.monotonic() + timeout
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -132,7 +139,7 @@ class SimulationSuperLink:
                     sys.stdout.write(line)
                     sys.stdout.flush()
                 if time.monotonic() > deadline:
-                    proc.kill()
+                    os.killpg(proc.pid, signal.SIGTERM)
                     break
         log_text = "".join(lines)
         run_id = _run_id(log_text)

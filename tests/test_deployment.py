@@ -128,6 +128,8 @@ class Deployment:
             # Three ClientApps train at once on a 2-core CI machine: one thread each
             # instead of oversubscribed intra-op pools.
             OMP_NUM_THREADS="1",
+            # Whatever the scripts start ends with this test process, even on SIGKILL.
+            OWNER_PID=str(os.getpid()),
             PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
 
     def script(self, name: str, *args: str, timeout: float = 120, check: bool = True) -> str:

@@ -75,6 +75,7 @@ def run_demo_and_check(tmp_path: Path, ray_temp: Path, *, netns: bool) -> None:
                CLIENT_CPUS="1", CLIENT_GPUS="0.0", SIM_NUM_SUPERNODES=str(NUM_SIMULATED_NODES),
                RUN_TIMEOUT=str(DEMO_TIMEOUT - 60), STARTUP_TIMEOUT="90",
                FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_DISABLE_UPDATE_CHECK="1",
+               OWNER_PID=str(os.getpid()),  # the cluster ends with this test process, even on SIGKILL
                PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
     overrides = (f"num-server-rounds={NUM_ROUNDS} max-samples-per-client=200 local-epochs=1 "
                  f"results-dir='{results}'")
