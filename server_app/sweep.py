@@ -1,0 +1,231 @@
+"""Run a grid of FLEX-MoE / baseline runs and keep one small summary per run: `python -m server_app.sweep`.
+
+The grid is a TOML file (default `conf/study.toml`, the committed study behind
+`docs/results.md`): a `[base]` run config, `[study]` seeds and client count, and `[[group]]`
+tables, each with its methods, fixed settings (`set`) and settings to vary (`vary`, a
+cartesian product). Every run goes through the same `flwr run` simulation path as the
+main job, all through one SuperLink this process owns (its processes end with it, even on
+`kill -9`). A run whose summary already exists under `--summaries` is skipped, so an
+interrupted sweep resumes where it stopped, also on another machine from the committed
+summaries; a failed run is retried once and, if it fails again, reported and listed in
+`failures.json`, never dropped silently. Then `python -m flexmoe_core.report` writes the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import itertools
+import json
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+from flexmoe_core.config import ASSIGNMENT_METHODS, Settings
+from flexmoe_core.results import atomic_write_json
+from server_app.experiment import APP_DIR, _defaults, summarise
+from server_app.launcher import RunOutcome, SimulationSuperLink
+
+# Per-round metrics kept in a run summary: enough for every table and figure of the report.
+CURVES = ("accuracy", "accuracy-p10", "accuracy-min", "load-cv", "load-variance", "cumulative-load-cv",
+          "load-jain", "routed-load-cv", "bytes-total-per-client", "round-seconds")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid: a group, a method, a seed and the run config that follows from them."""
+
+    group: str
+    method: str
+    seed: int
+    varied: tuple[tuple[str, Any], ...]  # the group's varied settings and their values here
+    overrides: dict[str, Any] = field(hash=False, compare=False)
+    num_supernodes: int = 10
+
+    @property
+    def id(self) -> str:
+        values = "-".join(str(v) for _, v in self.varied)
+        return "-".join(p for p in (self.group, self.method, values, f"s{self.seed}") if p).replace("/", "_")
+
+
+def expand(study: dict[str, Any]) -> list[Cell]:
+    """Every cell of the study file, in file order (group, varied values, method, seed)."""
+    meta, base = study.get("study", {}), study.get("base", {})
+    groups = study.get("group", [])
+    if not groups:
+        raise SystemExit("study file: no [[group]] tables")
+    cells, seen = [], set()
+    for group in groups:
+        name = group.get("name")
+        if not name:
+            raise SystemExit("study file: every [[group]] needs a name")
+        methods = group.get("methods", [])
+        unknown = [m for m in methods if m not in ASSIGNMENT_METHODS]
+        if not methods or unknown:
+            raise SystemExit(f"study file: group {name!r} methods must be some of {ASSIGNMENT_METHODS}, "
+                             f"got {methods}")
+        vary = group.get("vary", {})
+        seeds = group.get("seeds", meta.get("seeds", [42]))
+        clients = group.get("num-supernodes", meta.get("num-supernodes", 10))
+        for values in itertools.product(*vary.values()):
+            varied = tuple(zip(vary, values))
+            for method in methods:
+                for seed in seeds:
+                    overrides = {**base, **group.get("set", {}), **dict(varied), "assignment": method, "seed": seed}
+                    cell = Cell(name, method, seed, varied, overrides, clients)
+                    if cell.id in seen:
+                        raise SystemExit(f"study file: cell {cell.id} appears twice")
+                    seen.add(cell.id)
+                    cells.append(cell)
+    return cells
+
+
+def validate(cells: list[Cell], results_root: Path) -> None:
+    """Every cell's settings, checked before the first run starts (one message for all)."""
+    errors = []
+    defaults = _defaults()
+    for cell in cells:
+        try:
+            Settings.from_run_config({**defaults, **cell.overrides, "results-dir": str(results_root / cell.id)})
+        except (ValueError, SystemExit) as err:
+            errors.append(f"{cell.id}: {err}")
+    if errors:
+        raise SystemExit("study file: bad settings\n  " + "\n  ".join(errors))
+
+
+def select(cells: list[Cell], patterns: list[str]) -> list[Cell]:
+    """The cells matching any pattern (cell id, group name or fnmatch pattern of ids), in pattern order."""
+    chosen: dict[str, Cell] = {}
+    for pattern in patterns:
+        matches = [c for c in cells if c.group == pattern or fnmatch.fnmatchcase(c.id, pattern)]
+        if not matches:
+            raise SystemExit(f"--only: {pattern!r} matches no cell or group of the study file")
+        chosen.update((c.id, c) for c in matches if c.id not in chosen)
+    return list(chosen.values())
+
+
+def run_summary(cell: Cell, results_dir: Path, outcome: RunOutcome) -> dict[str, Any]:
+    """What the report needs from one run: its definition, final figures, per-round curves and
+    how often each client held each expert (for the heatmaps)."""
+    rounds = json.loads((results_dir / "metrics.json").read_text())
+    records = json.loads((results_dir / "assignments.json").read_text())
+    return {
+        "cell": cell.id, "group": cell.group, "method": cell.method, "seed": cell.seed,
+        "varied": dict(cell.varied), "num-supernodes": cell.num_supernodes, "run-config": cell.overrides,
+        "summary": summarise(cell.method, results_dir, outcome.seconds),
+        "curves": {key: [r.get(key) for r in rounds] for key in CURVES},
+        "holding": holding_counts(records, int(cell.overrides.get("num-experts", 8))),
+        "wall-seconds": outcome.seconds, "commit": _commit(), "flwr": version("flwr"),
+    }
+
+
+def holding_counts(records: list[dict[str, Any]], num_experts: int) -> dict[str, list[int]]:
+    """client id -> rounds in which it held each expert."""
+    counts: dict[str, list[int]] = {}
+    for record in records:
+        for client, held in zip(record["clients"], record["held"]):
+            row = counts.setdefault(client, [0] * num_experts)
+            for expert in held:
+                row[expert] += 1
+    return dict(sorted(counts.items()))
+
+
+def run_cells(todo: list[Cell], run: Callable[[Cell], RunOutcome], save: Callable[[Cell, RunOutcome], None],
+              *, retries: int = 1, clock: Callable[[], float] = time.monotonic) -> list[str]:
+    """Run each cell (retrying a failure `retries` times), printing progress with an ETA; returns
+    the ids of the cells that still failed."""
+    failed, started, finished = [], clock(), 0
+    for done, cell in enumerate(todo, 1):
+        for attempt in range(1 + retries):
+            outcome = run(cell)
+            if outcome.ok:
+                save(cell, outcome)
+                break
+            print(f"    {cell.id}: attempt {attempt + 1} ended with status {outcome.status}; last log lines:\n"
+                  + "".join(outcome.log.splitlines(keepends=True)[-15:]), file=sys.stderr, flush=True)
+        else:
+            failed.append(cell.id)
+        finished += 1
+        elapsed = clock() - started
+        eta = elapsed / finished * (len(todo) - done)
+        print(f"[{done}/{len(todo)} done, {len(todo) - done} left] {cell.id}: "
+              f"{'FAILED' if cell.id in failed else f'{outcome.seconds:.0f}s'} | elapsed {_hms(elapsed)}, "
+              f"ETA {_hms(eta)}", flush=True)
+    return failed
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", type=Path, default=APP_DIR / "conf" / "study.toml", help="grid (TOML)")
+    parser.add_argument("--summaries", type=Path, default=APP_DIR / "docs" / "study" / "runs",
+                        help="one <cell>.json per finished run (committed; existing ones are skipped)")
+    parser.add_argument("--results", type=Path, default=APP_DIR / "results" / "study",
+                        help="each run's full results directory (not committed)")
+    parser.add_argument("--only", default="",
+                        help="comma-separated cell ids, group names or shell patterns of ids (e.g. 'main-*-mnist-*'); "
+                             "cells run in the order of the patterns (default: all, in file order)")
+    parser.add_argument("--force", action="store_true", help="re-run the selected cells even if summarised")
+    parser.add_argument("--list", action="store_true", help="print the cells and whether each is done, then exit")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.study.is_file():
+        raise SystemExit(f"--study: no such file {args.study}")
+    cells = expand(tomllib.loads(args.study.read_text()))
+    if args.only:
+        cells = select(cells, [w.strip() for w in args.only.split(",") if w.strip()])
+    summaries, results = args.summaries.resolve(), args.results.resolve()
+    validate(cells, results)
+    done = {c.id for c in cells if (summaries / f"{c.id}.json").is_file()}
+    if args.list:
+        for cell in cells:
+            print(f"{'done' if cell.id in done else 'todo'}  {cell.id}")
+        return 0
+    todo = [c for c in cells if args.force or c.id not in done]
+    print(f"{len(cells)} cells, {len(cells) - len(todo)} already summarised in {summaries}, {len(todo)} to run",
+          flush=True)
+    if not todo:
+        return 0
+    with SimulationSuperLink(todo[0].num_supernodes) as superlink:
+        def run(cell: Cell) -> RunOutcome:
+            superlink.federation_config["num-supernodes"] = cell.num_supernodes
+            print(f"--- {cell.id}: {cell.num_supernodes} clients", flush=True)
+            return superlink.run(APP_DIR, {**cell.overrides, "results-dir": str(results / cell.id)}, echo=False)
+
+        def save(cell: Cell, outcome: RunOutcome) -> None:
+            atomic_write_json(summaries / f"{cell.id}.json", run_summary(cell, results / cell.id, outcome))
+
+        failed = run_cells(todo, run, save)
+    atomic_write_json(results / "failures.json", failed)
+    if failed:
+        print(f"{len(failed)} cell(s) failed twice and have no summary: {', '.join(failed)} "
+              f"(listed in {results / 'failures.json'}; re-run with --only)", file=sys.stderr)
+        return 1
+    print(f"all {len(todo)} run(s) summarised in {summaries}; next: python -m flexmoe_core.report")
+    return 0
+
+
+def _hms(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m{secs:02d}s"
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=APP_DIR, capture_output=True, text=True,
+                             timeout=10)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
