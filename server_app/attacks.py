@@ -2,8 +2,8 @@
 
 Runs the clean federation and each attack under each defence through the same `flwr run`
 simulation path as the main job, then prints final accuracy per cell and writes
-`summary.json` / `summary.csv` to the output folder. Runs already summarised there are
-skipped, so an interrupted table resumes.
+`summary.json` / `summary.csv` (committed under docs/attacks/). Cells already summarised
+there are skipped, so an interrupted table resumes.
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--attacks", default=",".join(ATTACKS[1:]), help="comma-separated, from " + ", ".join(ATTACKS))
     parser.add_argument("--defences", default=",".join(ROBUST_METHODS), help="from " + ", ".join(ROBUST_METHODS))
     parser.add_argument("--num-supernodes", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=APP_DIR / "results" / "attacks")
+    parser.add_argument("--out", type=Path, default=APP_DIR / "results" / "attacks", help="each run's results")
+    parser.add_argument("--summary-dir", type=Path, default=APP_DIR / "docs" / "attacks",
+                        help="summary.json / summary.csv (committed; cells already there are skipped)")
     return parser.parse_args(argv)
 
 
@@ -46,10 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         raise SystemExit(f"unknown attack or defence {bad}; allowed: {ATTACKS} and {ROBUST_METHODS}")
     base = load_overrides(args.config, [])
-    out = args.out.resolve()
-    rows = _load_rows(out)
+    out, summary_dir = args.out.resolve(), args.summary_dir.resolve()
+    rows = _load_rows(summary_dir)
     todo = [c for c in cells(attacks, defences) if f"{c[0]}/{c[1]}" not in rows]
-    with SimulationSuperLink(args.num_supernodes) as superlink:
+    ok = _run_all(todo, base, out, summary_dir, rows, args.num_supernodes) if todo else True
+    print("\n" + format_table(rows, attacks, defences))
+    return 0 if ok else 1
+
+
+def _run_all(todo: list[tuple[str, str]], base: dict[str, Any], out: Path, summary_dir: Path,
+             rows: dict[str, dict[str, Any]], num_supernodes: int) -> bool:
+    with SimulationSuperLink(num_supernodes) as superlink:
         for done, (attack, defence) in enumerate(todo, 1):
             name = f"{attack}/{defence}"
             print(f"\n=== [{done}/{len(todo)}] attack={attack} defence={defence}", flush=True)
@@ -60,12 +69,11 @@ def main(argv: list[str] | None = None) -> int:
             outcome = superlink.run(APP_DIR, overrides, echo=False)
             if not outcome.ok:
                 print(f"run {name} failed (status {outcome.status}):\n{outcome.log[-2000:]}", file=sys.stderr)
-                return 1
+                return False
             rows[name] = {"attack": attack, "defence": defence, **summarise("flexmoe", results, outcome.seconds)}
-            _write(out, rows)
+            _write(summary_dir, rows)
             print(f"    accuracy {rows[name]['accuracy']:.4f} in {outcome.seconds:.0f}s", flush=True)
-    print("\n" + format_table(rows, attacks, defences))
-    return 0
+    return True
 
 
 def format_table(rows: dict[str, dict[str, Any]], attacks: list[str], defences: list[str]) -> str:
