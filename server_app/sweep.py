@@ -14,76 +14,25 @@ summaries; a failed run is retried once and, if it fails again, reported and lis
 from __future__ import annotations
 
 import argparse
-import fnmatch
-import itertools
 import json
 import subprocess
 import sys
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from flexmoe_core.config import ASSIGNMENT_METHODS, Settings
+from flexmoe_core.config import Settings
 from flexmoe_core.results import atomic_write_json
+from flexmoe_core.study import Cell, expand, holding_counts, select
 from server_app.experiment import APP_DIR, _defaults, summarise
 from server_app.launcher import RunOutcome, SimulationSuperLink
 
 # Per-round metrics kept in a run summary: enough for every table and figure of the report.
 CURVES = ("accuracy", "accuracy-p10", "accuracy-min", "load-cv", "load-variance", "cumulative-load-cv",
           "load-jain", "routed-load-cv", "bytes-total-per-client", "round-seconds")
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One run of the grid: a group, a method, a seed and the run config that follows from them."""
-
-    group: str
-    method: str
-    seed: int
-    varied: tuple[tuple[str, Any], ...]  # the group's varied settings and their values here
-    overrides: dict[str, Any] = field(hash=False, compare=False)
-    num_supernodes: int = 10
-
-    @property
-    def id(self) -> str:
-        values = "-".join(str(v) for _, v in self.varied)
-        return "-".join(p for p in (self.group, self.method, values, f"s{self.seed}") if p).replace("/", "_")
-
-
-def expand(study: dict[str, Any]) -> list[Cell]:
-    """Every cell of the study file, in file order (group, varied values, method, seed)."""
-    meta, base = study.get("study", {}), study.get("base", {})
-    groups = study.get("group", [])
-    if not groups:
-        raise SystemExit("study file: no [[group]] tables")
-    cells, seen = [], set()
-    for group in groups:
-        name = group.get("name")
-        if not name:
-            raise SystemExit("study file: every [[group]] needs a name")
-        methods = group.get("methods", [])
-        unknown = [m for m in methods if m not in ASSIGNMENT_METHODS]
-        if not methods or unknown:
-            raise SystemExit(f"study file: group {name!r} methods must be some of {ASSIGNMENT_METHODS}, "
-                             f"got {methods}")
-        vary = group.get("vary", {})
-        seeds = group.get("seeds", meta.get("seeds", [42]))
-        clients = group.get("num-supernodes", meta.get("num-supernodes", 10))
-        for values in itertools.product(*vary.values()):
-            varied = tuple(zip(vary, values))
-            for method in methods:
-                for seed in seeds:
-                    overrides = {**base, **group.get("set", {}), **dict(varied), "assignment": method, "seed": seed}
-                    cell = Cell(name, method, seed, varied, overrides, clients)
-                    if cell.id in seen:
-                        raise SystemExit(f"study file: cell {cell.id} appears twice")
-                    seen.add(cell.id)
-                    cells.append(cell)
-    return cells
 
 
 def validate(cells: list[Cell], results_root: Path) -> None:
@@ -99,17 +48,6 @@ def validate(cells: list[Cell], results_root: Path) -> None:
         raise SystemExit("study file: bad settings\n  " + "\n  ".join(errors))
 
 
-def select(cells: list[Cell], patterns: list[str]) -> list[Cell]:
-    """The cells matching any pattern (cell id, group name or fnmatch pattern of ids), in pattern order."""
-    chosen: dict[str, Cell] = {}
-    for pattern in patterns:
-        matches = [c for c in cells if c.group == pattern or fnmatch.fnmatchcase(c.id, pattern)]
-        if not matches:
-            raise SystemExit(f"--only: {pattern!r} matches no cell or group of the study file")
-        chosen.update((c.id, c) for c in matches if c.id not in chosen)
-    return list(chosen.values())
-
-
 def run_summary(cell: Cell, results_dir: Path, outcome: RunOutcome) -> dict[str, Any]:
     """What the report needs from one run: its definition, final figures, per-round curves and
     how often each client held each expert (for the heatmaps)."""
@@ -123,17 +61,6 @@ def run_summary(cell: Cell, results_dir: Path, outcome: RunOutcome) -> dict[str,
         "holding": holding_counts(records, int(cell.overrides.get("num-experts", 8))),
         "wall-seconds": outcome.seconds, "commit": _commit(), "flwr": version("flwr"),
     }
-
-
-def holding_counts(records: list[dict[str, Any]], num_experts: int) -> dict[str, list[int]]:
-    """client id -> rounds in which it held each expert."""
-    counts: dict[str, list[int]] = {}
-    for record in records:
-        for client, held in zip(record["clients"], record["held"]):
-            row = counts.setdefault(client, [0] * num_experts)
-            for expert in held:
-                row[expert] += 1
-    return dict(sorted(counts.items()))
 
 
 def run_cells(todo: list[Cell], run: Callable[[Cell], RunOutcome], save: Callable[[Cell, RunOutcome], None],

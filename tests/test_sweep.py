@@ -8,7 +8,8 @@ import tomllib
 import pytest
 
 from server_app.launcher import RunOutcome
-from server_app.sweep import APP_DIR, expand, holding_counts, main, run_cells, select, validate
+from flexmoe_core.study import expand, holding_counts, select
+from server_app.sweep import APP_DIR, main, run_cells, validate
 
 STUDY = """
 [study]

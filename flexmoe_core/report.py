@@ -1,0 +1,519 @@
+"""The study report: `python -m flexmoe_core.report` writes docs/results.md and docs/figures/.
+
+It reads only the committed run summaries (docs/study/runs/*.json, written by
+`python -m server_app.sweep`) and the study file that defines the grid, so the report is
+regenerated identically from git alone, and a cell re-run by the sweep changes exactly the
+figures that depend on it. Statistics: mean ± sample std over seeds; FLEX-MoE is compared
+with greedy by the paired per-seed difference (same seed = same partitions, initial model,
+gates and participants), and a gap is called a tie unless its mean exceeds the std of the
+paired differences.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tomllib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flexmoe_core.study import Cell, expand
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("flexmoe", "greedy", "random", "static", "dense")
+COLOURS = {"flexmoe": "tab:blue", "greedy": "tab:orange", "random": "tab:green", "static": "tab:purple",
+           "dense": "tab:gray"}
+TARGET_SHARE = 0.95  # rounds-to-target: the round where a method reaches 95% of the best final accuracy
+REFERENCE = {"dataset": "fashion-mnist", "partition": "dirichlet"}  # where capacity and ablations vary
+PARTITION_NAMES = {"iid": "IID", "dirichlet": "Dirichlet(0.8)", "classes": "4 classes/client"}
+NOT_OFFLINE = {  # supported by flexmoe_core.data, but no offline copy on the reference machine
+    "cifar10": "--config conf/cifar10.toml --set allow-download=true",
+    "emnist": "--set dataset='\"emnist\"' --set allow-download=true",
+    "gtsrb": "--set dataset='\"gtsrb\"' --set model='\"resnet\"' --set allow-download=true",
+}
+PAPER = ("The source paper (secondary sources, DESIGN §1) reports, with a ResNet and E = 8 on CIFAR-10, "
+         "EMNIST and GTSRB: greedy top-k expert-load CV above 0.29 against about 0.003 for the balanced "
+         "assignment; accuracies such as CIFAR-10 IID 83%, Dir(0.8) 68.8%, 4-class 65.5%, EMNIST IID 98.3%, "
+         "4-class 82.6%, GTSRB IID 98%.")
+
+
+# ------------------------------------------------------------------ statistics
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof = 1; nan with fewer than 2 values)."""
+    if not values:
+        return math.nan, math.nan
+    array = np.asarray(values, dtype=float)
+    return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else math.nan
+
+
+def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[float, float, int]:
+    """Mean and std of a[seed] - b[seed] over the seeds both have, and how many there are."""
+    seeds = sorted(set(a) & set(b))
+    mean, std = mean_std([a[s] - b[s] for s in seeds])
+    return mean, std, len(seeds)
+
+
+def verdict(mean: float, std: float, n: int) -> str:
+    """`win` / `loss` when the mean paired gap exceeds its spread over seeds, else `tie`."""
+    if n < 2 or math.isnan(std):
+        return "n/a (1 seed)" if n == 1 else "n/a (no paired runs)"
+    if abs(mean) <= std:
+        return "tie"
+    return "win" if mean > 0 else "loss"
+
+
+def rounds_to_target(curve: Sequence[float], target: float) -> int | None:
+    """First round (1-based) whose value reaches `target`, or None."""
+    for index, value in enumerate(curve, 1):
+        if value is not None and value >= target:
+            return index
+    return None
+
+
+def mean_curve(curves: Iterable[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-round mean and std over runs (curves cut to the shortest)."""
+    stacked = list(curves)
+    length = min(len(c) for c in stacked)
+    array = np.array([[np.nan if v is None else v for v in c[:length]] for c in stacked], dtype=float)
+    std = array.std(axis=0, ddof=1) if len(array) > 1 else np.zeros(length)
+    return array.mean(axis=0), std
+
+
+# ------------------------------------------------------------------ the runs
+
+class Runs:
+    """The run summaries, indexed by group and setting."""
+
+    def __init__(self, summaries: Sequence[Mapping[str, Any]]) -> None:
+        self.all = list(summaries)
+
+    def select(self, group: str, method: str | None = None, **varied: Any) -> list[Mapping[str, Any]]:
+        return [r for r in self.all if r["group"] == group and (method is None or r["method"] == method)
+                and all(r["varied"].get(k) == v for k, v in varied.items())]
+
+    def final(self, runs: Iterable[Mapping[str, Any]], key: str = "accuracy") -> dict[int, float]:
+        return {r["seed"]: r["summary"][key] for r in runs}
+
+    @property
+    def wall_seconds(self) -> float:
+        return sum(r["wall-seconds"] for r in self.all)
+
+
+def load_summaries(directory: Path) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(p.read_text()) for p in sorted(directory.glob("*.json"))]
+
+
+# ------------------------------------------------------------------ tables
+
+def fmt(mean: float, std: float, digits: int = 4) -> str:
+    if math.isnan(mean):
+        return "—"
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def main_rows(runs: Runs, datasets: Sequence[str], partitions: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per (dataset, partition): accuracy per method and the paired FLEX-MoE − greedy gap."""
+    rows = []
+    for dataset in datasets:
+        for partition in partitions:
+            cell = {m: runs.final(runs.select("main", m, dataset=dataset, partition=partition)) for m in METHODS}
+            if not any(cell.values()):
+                continue
+            gap = paired_difference(cell["flexmoe"], cell["greedy"])
+            rows.append({"dataset": dataset, "partition": partition, "accuracy": cell, "gap": gap,
+                         "verdict": verdict(*gap)})
+    return rows
+
+
+def main_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    body = []
+    for row in rows:
+        acc = row["accuracy"]
+        mean, std, n = row["gap"]
+        gap = f"{mean:+.4f} ± {std:.4f} (n={n})" if n > 1 else (f"{mean:+.4f} (n=1)" if n else "—")
+        body.append([row["dataset"], PARTITION_NAMES.get(row["partition"], row["partition"]),
+                     *(fmt(*mean_std(list(acc[m].values()))) for m in METHODS), gap, f"**{row['verdict']}**"])
+    return table(["dataset", "partition", *METHODS, "flexmoe − greedy (paired)", "verdict"], body)
+
+
+def balance_table(runs: Runs) -> str:
+    """Balance per method over every main-grid run (per-round means, final cumulative)."""
+    body = []
+    for method in METHODS:
+        chosen = runs.select("main", method)
+        if not chosen:
+            continue
+        s = [r["summary"] for r in chosen]
+        var = [float(np.mean([v for v in r["curves"]["load-variance"] if v is not None])) for r in chosen]
+        body.append([method, len(chosen), fmt(*mean_std([x["load-cv"] for x in s]), 3),
+                     fmt(*mean_std([x["cumulative-load-cv"] for x in s]), 3), fmt(*mean_std(var), 3),
+                     fmt(*mean_std([x["load-jain"] for x in s]), 3), fmt(*mean_std([x["routed-load-cv"] for x in s]), 3)])
+    return table(["method", "runs", "load CV per round", "cumulative load CV (end)", "load variance per round",
+                  "Jain per round", "routed-sample CV"], body)
+
+
+def bytes_table(runs: Runs) -> str:
+    body = []
+    for method in METHODS:
+        chosen = [r["summary"] for r in runs.select("main", method)]
+        if chosen:
+            body.append([method, fmt(*mean_std([x["bytes-total-per-client"] / 1024 for x in chosen]), 1),
+                         fmt(*mean_std([x["bytes-total-vs-dense"] for x in chosen]), 3),
+                         f"{np.mean([x['bytes-expected-vs-dense'] for x in chosen]):.3f}"])
+    return table(["method", "KiB down+up per client per round", "vs dense (measured)",
+                  "vs dense, arrays formula (ψ + kθ)/(ψ + Eθ)"], body)
+
+
+def target_table(runs: Runs, datasets: Sequence[str], partitions: Sequence[str]) -> str:
+    body = []
+    for dataset in datasets:
+        for partition in partitions:
+            curves = {m: runs.select("main", m, dataset=dataset, partition=partition) for m in METHODS}
+            curves = {m: mean_curve(r["curves"]["accuracy"] for r in c)[0] for m, c in curves.items() if c}
+            if not curves:
+                continue
+            target = TARGET_SHARE * max(float(c[-1]) for c in curves.values())
+            body.append([dataset, PARTITION_NAMES.get(partition, partition), f"{target:.3f}",
+                         *(_rounds(curves.get(m), target) for m in METHODS)])
+    return table(["dataset", "partition", "target accuracy", *METHODS], body)
+
+
+def _rounds(curve: np.ndarray | None, target: float) -> str:
+    if curve is None:
+        return "—"
+    found = rounds_to_target(list(curve), target)
+    return str(found) if found else f"not in {len(curve)}"
+
+
+def capacity_rows(runs: Runs) -> dict[int, dict[str, tuple[float, float]]]:
+    """k -> method -> accuracy (mean, std) on the reference setting; k = 2 is the main grid's cell."""
+    by_k: dict[int, dict[str, tuple[float, float]]] = defaultdict(dict)
+    for method in METHODS:
+        main = runs.select("main", method, **REFERENCE)
+        if main:
+            by_k[2][method] = mean_std(list(runs.final(main).values()))
+        for group, k in (("capacity-k1", 1), ("capacity-k4", 4)):
+            chosen = runs.select(group, method)
+            if chosen:
+                by_k[k][method] = mean_std(list(runs.final(chosen).values()))
+    return dict(sorted(by_k.items()))
+
+
+def capacity_table(rows: Mapping[int, Mapping[str, tuple[float, float]]]) -> str:
+    methods = [m for m in METHODS if m != "dense"]
+    body = [[k, *(fmt(*rows[k][m]) if m in rows[k] else "—" for m in methods)] for k in rows]
+    return table(["k", *methods], body)
+
+
+def ablation_rows(runs: Runs) -> list[list[str]]:
+    """(ablation, setting, method, accuracy, load CV/round, cumulative CV, seeds)."""
+    def row(name: str, setting: str, chosen: Sequence[Mapping[str, Any]]) -> list[str] | None:
+        if not chosen:
+            return None
+        s = [r["summary"] for r in chosen]
+        return [name, setting, chosen[0]["method"], fmt(*mean_std([x["accuracy"] for x in s])),
+                fmt(*mean_std([x["load-cv"] for x in s]), 3), fmt(*mean_std([x["cumulative-load-cv"] for x in s]), 3),
+                ", ".join(str(r["seed"]) for r in chosen)]
+
+    reference = runs.select("main", "flexmoe", **REFERENCE)
+    specs: list[tuple[str, str, list[Mapping[str, Any]]]] = [
+        ("reference (main grid)", "fitness accuracy, ema-beta 0.5, load-slack 0, deficit-weight 0.1", reference),
+        ("fitness", "loss", runs.select("fitness-loss", "flexmoe"))]
+    for beta in (0.2, 0.8):
+        specs.append(("ema-beta", str(beta), runs.select("ema-beta", "flexmoe", **{"ema-beta": beta})))
+    for slack in (0.25, 0.5):
+        specs.append(("load-slack", str(slack), runs.select("load-slack", "flexmoe", **{"load-slack": slack})))
+    for weight in (0.0, 0.1, 0.5):
+        specs.append(("partial participation (100 clients, 10/round)", f"deficit-weight {weight}",
+                      runs.select("partial-deficit", "flexmoe", **{"deficit-weight": weight})))
+    specs.append(("partial participation (100 clients, 10/round)", "greedy reference",
+                  runs.select("partial-greedy", "greedy")))
+    for method in ("flexmoe", "greedy"):
+        specs.append(("heterogeneous capacities", "1,2,4 cycled, top-r 1", runs.select("heterogeneous", method)))
+    for method in ("flexmoe", "greedy"):
+        specs.append(("extractor", "resnet", runs.select("resnet", method)))
+    return [r for name, setting, chosen in specs if (r := row(name, setting, chosen))]
+
+
+# ------------------------------------------------------------------ figures
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.tight_layout()
+    fig.savefig(tmp, dpi=100)
+    _plt().close(fig)
+    tmp.replace(path)
+    return path.name
+
+
+def curves_figure(runs: Runs, dataset: str, partitions: Sequence[str], key: str, ylabel: str, path: Path) -> str:
+    """One panel per partition, one line per method (mean over seeds, band = ± std)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(partitions), figsize=(4.6 * len(partitions), 3.6), squeeze=False)
+    for ax, partition in zip(axes[0], partitions):
+        for method in METHODS:
+            chosen = runs.select("main", method, dataset=dataset, partition=partition)
+            if not chosen:
+                continue
+            mean, std = mean_curve(r["curves"][key] for r in chosen)
+            x = np.arange(1, len(mean) + 1)
+            ax.plot(x, mean, label=f"{method} (n={len(chosen)})", color=COLOURS[method])
+            ax.fill_between(x, mean - std, mean + std, color=COLOURS[method], alpha=0.15)
+        ax.set_title(f"{dataset}, {PARTITION_NAMES.get(partition, partition)}")
+        ax.set_xlabel("round")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def heatmap_figure(runs: Runs, path: Path, seed: int = 1) -> str | None:
+    """Rounds each client held each expert: FLEX-MoE beside greedy (reference setting, one seed)."""
+    chosen = {m: runs.select("main", m, **REFERENCE) for m in ("flexmoe", "greedy")}
+    chosen = {m: [r for r in c if r["seed"] == seed] for m, c in chosen.items()}
+    if not all(chosen.values()):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, (method, [run]) in zip(axes, chosen.items()):
+        clients = sorted(run["holding"], key=lambda c: (len(c), c))
+        matrix = np.array([run["holding"][c] for c in clients])
+        image = ax.imshow(matrix, aspect="auto", cmap="viridis")
+        ax.set_yticks(range(len(clients)), clients, fontsize=7)
+        ax.set_xlabel("expert")
+        ax.set_title(f"{method}: rounds held (seed {seed}); load per expert {matrix.sum(0).tolist()}", fontsize=8)
+        fig.colorbar(image, ax=ax)
+    return _save(fig, path)
+
+
+def capacity_figure(rows: Mapping[int, Mapping[str, tuple[float, float]]], path: Path) -> str | None:
+    if not rows:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for method in METHODS:
+        points = [(k, *rows[k][method]) for k in rows if method in rows[k]]
+        if method == "dense" or not points:
+            continue
+        ks, means, stds = zip(*points)
+        ax.errorbar(ks, means, yerr=[0 if math.isnan(s) else s for s in stds], marker="o", capsize=3,
+                    label=method, color=COLOURS[method])
+    ax.set_xlabel("capacity k (experts held of E = 8)")
+    ax.set_ylabel("final accuracy")
+    ax.set_xticks(sorted(rows))
+    ax.set_title("fashion-mnist, Dirichlet(0.8)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def partial_figure(runs: Runs, path: Path) -> str | None:
+    groups = [("flexmoe, deficit-weight " + str(w), runs.select("partial-deficit", "flexmoe", **{"deficit-weight": w}))
+              for w in (0.0, 0.1, 0.5)] + [("greedy", runs.select("partial-greedy", "greedy"))]
+    groups = [(label, chosen) for label, chosen in groups if chosen]
+    if not groups:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for label, chosen in groups:
+        for ax, key in zip(axes, ("accuracy", "cumulative-load-cv")):
+            mean, std = mean_curve(r["curves"][key] for r in chosen)
+            x = np.arange(1, len(mean) + 1)
+            ax.plot(x, mean, label=f"{label} (n={len(chosen)})")
+            ax.fill_between(x, mean - std, mean + std, alpha=0.15)
+    axes[0].set_ylabel("accuracy of the fixed 20-client cohort")
+    axes[1].set_ylabel("cumulative expert-load CV")
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------ the report
+
+def reading(rows: Sequence[Mapping[str, Any]], runs: Runs) -> list[str]:
+    """Plain sentences generated from the verdicts and the balance figures."""
+    by_verdict: dict[str, list[str]] = defaultdict(list)
+    for row in rows:
+        name = f"{row['dataset']} {PARTITION_NAMES.get(row['partition'], row['partition'])}"
+        gap = row["gap"][0]
+        by_verdict[row["verdict"]].append(name if math.isnan(gap) else f"{name} ({gap:+.4f})")
+    lines = [f"- FLEX-MoE **wins** against greedy (paired gap above the seed spread) on: "
+             f"{'; '.join(by_verdict['win']) or 'none of the settings'}.",
+             f"- It **ties** (gap within the spread) on: {'; '.join(by_verdict['tie']) or 'none'}.",
+             f"- It **loses** on: {'; '.join(by_verdict['loss']) or 'none'}."]
+    undecided = [v for v in by_verdict if v.startswith("n/a")]
+    if undecided:
+        lines.append("- Not yet decidable (fewer than 2 paired seeds): "
+                     f"{'; '.join(x for v in undecided for x in by_verdict[v])}.")
+    for method in ("flexmoe", "greedy"):
+        chosen = [r["summary"] for r in runs.select("main", method)]
+        if chosen:
+            lines.append(f"- {method}: load CV per round {np.mean([s['load-cv'] for s in chosen]):.3f}, cumulative "
+                         f"{np.mean([s['cumulative-load-cv'] for s in chosen]):.3f} (mean over {len(chosen)} runs).")
+    rising = [r["curves"]["accuracy"][-1] - r["curves"]["accuracy"][-6] for r in runs.select("main", "flexmoe")
+              if len(r["curves"]["accuracy"]) >= 6]
+    if rising:
+        gain = float(np.mean(rising))
+        lines.append(f"- Over its last 5 rounds FLEX-MoE's accuracy still changed by {gain:+.4f} on average "
+                     + ("(the curves have not flattened: longer runs would raise every method's figures)."
+                        if gain > 0.01 else "(the curves have flattened)."))
+    dense = [r["summary"]["accuracy"] for r in runs.select("main", "dense")]
+    flex = [r["summary"]["accuracy"] for r in runs.select("main", "flexmoe")]
+    if dense and flex:
+        lines.append(f"- Dense (all 8 experts, no capacity limit) averages {np.mean(dense):.4f} against FLEX-MoE's "
+                     f"{np.mean(flex):.4f} over the main grid: the price of holding 2 of 8 experts.")
+    return lines
+
+
+def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path) -> Path:
+    runs = Runs(load_summaries(summaries_dir))
+    cells = expand(tomllib.loads(study_file.read_text()))
+    have = {r["cell"] for r in runs.all}
+    missing = [c for c in cells if c.id not in have]
+    main_cells = [c for c in cells if c.group == "main"]
+    datasets = list(dict.fromkeys(c.overrides["dataset"] for c in main_cells))
+    partitions = list(dict.fromkeys(c.overrides["partition"] for c in main_cells))
+    rows = main_rows(runs, datasets, partitions)
+    rel = lambda name: f"{figures.relative_to(out.parent).as_posix()}/{name}"  # noqa: E731
+    figs = [curves_figure(runs, d, partitions, "accuracy", "accuracy", figures / f"accuracy_{d}.png")
+            for d in datasets if runs.select("main", dataset=d)]
+    load_figs = [curves_figure(runs, d, partitions, "load-cv", "expert-load CV", figures / f"load_cv_{d}.png")
+                 for d in datasets if runs.select("main", dataset=d)]
+    capacity = capacity_rows(runs)
+    extra = {"heatmap": heatmap_figure(runs, figures / "heatmap_fashion-mnist_dirichlet.png"),
+             "capacity": capacity_figure(capacity, figures / "accuracy_vs_k.png"),
+             "partial": partial_figure(runs, figures / "partial_participation.png")}
+    base = cells[0].overrides if cells else {}
+    text = [
+        "# Results: FLEX-MoE against greedy, random, static and dense",
+        "",
+        f"Generated by `python -m flexmoe_core.report` from the {len(runs.all)} run summaries in "
+        f"`{summaries_dir.relative_to(ROOT) if summaries_dir.is_relative_to(ROOT) else summaries_dir}/` "
+        f"(grid: `{study_file.relative_to(ROOT) if study_file.is_relative_to(ROOT) else study_file}`, run with "
+        "`python -m server_app.sweep`; any single cell re-runs with `python -m server_app.sweep --only <cell> --force`). "
+        f"Cells done: {len(cells) - len(missing)} of {len(cells)}. Total wall time of these runs on the "
+        f"2-core reference machine: {runs.wall_seconds / 3600:.2f} h (sum of per-run wall times, start-up included).",
+        "",
+        f"Every cell: {base.get('num-experts', 8)} experts, k = {base.get('capacity', 2)}, top-r = "
+        f"{base.get('top-r', 2)}, {base.get('num-server-rounds')} rounds, {base.get('max-samples-per-client')} "
+        f"samples per client, {base.get('local-epochs')} local epoch, 10 clients unless stated; seeds 1-3 "
+        "(ablations 1-2). Methods differ only in the assignment rule: same seed = same partitions, initial "
+        "model, initial gates, participants and data order. Accuracy is the final round's example-weighted "
+        "mean of the clients' personalised test accuracy; mean ± std over seeds.",
+        "",
+        "## Main grid: final accuracy",
+        "",
+        "Verdict rule: the paired per-seed difference FLEX-MoE − greedy is a **win** or a **loss** only when "
+        "its mean exceeds its standard deviation over seeds; otherwise a **tie**.",
+        "",
+        main_table(rows) if rows else "_No main-grid runs yet._",
+        "",
+        *(f"![accuracy curves]({rel(f)})" for f in figs),
+        "",
+        "## Reading",
+        "",
+        *reading(rows, runs),
+        "",
+        "## Expert-load balance (main grid, all datasets and partitions)",
+        "",
+        "Load = clients holding each expert in a round. CV = std/mean, Jain = (Σx)²/(n·Σx²); the cumulative "
+        "CV is over the loads summed across rounds.",
+        "",
+        balance_table(runs),
+        "",
+        *(f"![load CV per round]({rel(f)})" for f in load_figs),
+        "",
+        *([f"![assignment heatmaps]({rel(extra['heatmap'])})", ""] if extra["heatmap"] else []),
+        "## Rounds to reach the target accuracy",
+        "",
+        f"Target = {TARGET_SHARE:.0%} of the best method's mean final accuracy in that setting; first round "
+        "at which the method's mean curve reaches it.",
+        "",
+        target_table(runs, datasets, partitions),
+        "",
+        "## Bytes per client per round",
+        "",
+        bytes_table(runs),
+        "",
+        "## Accuracy against capacity k (fashion-mnist, Dirichlet(0.8))",
+        "",
+        capacity_table(capacity) if capacity else "_No capacity runs yet._",
+        "",
+        *([f"![accuracy vs k]({rel(extra['capacity'])})", ""] if extra["capacity"] else []),
+        "## Ablations (fashion-mnist, Dirichlet(0.8))",
+        "",
+        "Partial participation: 100 clients, 10 sampled per round; accuracy is measured on a fixed cohort of "
+        "20 clients drawn once from the seed (`eval-cohort = 20`), each evaluated with the experts the method "
+        "would give it that round, so the curve compares the same clients in every round.",
+        "",
+        table(["ablation", "setting", "method", "accuracy", "load CV/round", "cumulative CV", "seeds"],
+              ablation_rows(runs)),
+        "",
+        *([f"![partial participation]({rel(extra['partial'])})", ""] if extra["partial"] else []),
+        "## Beside the source paper",
+        "",
+        PAPER + " This study uses fashion-mnist and mnist with a small CNN, so its accuracies are not "
+        "comparable with those; the load CV is, and the balance table above gives this study's figures.",
+        "",
+        "## Supported but not run here",
+        "",
+        "cifar10, emnist and gtsrb are supported by the data loader but have no offline copy on the reference "
+        "machine, so they are not in this study. With the data (or network access) a user runs, for example:",
+        "",
+        *(f"- {name}: `python -m server_app.experiment --methods flexmoe,greedy,random,static,dense {args}`"
+          for name, args in NOT_OFFLINE.items()),
+        "",
+        "or adds the dataset to `vary` in a copy of `conf/study.toml` and runs the sweep on it.",
+        "",
+        "## Missing cells",
+        "",
+        (f"{len(missing)} cell(s) of the grid have no summary yet (the sweep resumes them): "
+         + ", ".join(f"`{c.id}`" for c in missing)) if missing else "None: every cell of the grid has a summary.",
+        "",
+    ]
+    out.write_text("\n".join(text))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--summaries", type=Path, default=ROOT / "docs" / "study" / "runs")
+    parser.add_argument("--study", type=Path, default=ROOT / "conf" / "study.toml")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
+    parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
+    args = parser.parse_args(argv)
+    for name, path in (("--summaries", args.summaries), ("--study", args.study)):
+        if not path.exists():
+            raise SystemExit(f"{name}: no such path {path}")
+    path = write_report(args.summaries.resolve(), args.study.resolve(), args.out.resolve(), args.figures.resolve())
+    print(f"wrote {path} and its figures in {args.figures}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
