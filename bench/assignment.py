@@ -30,9 +30,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -119,9 +119,7 @@ def quality(x: np.ndarray, weights, capacity, l_min: int, l_max: int, reference_
     integral = bool(np.all(np.abs(x - np.rint(x)) <= 1e-6))
     xi = np.rint(x)
     load = xi.sum(axis=0)
-    feasible = bool(
-        np.array_equal(xi.sum(axis=1), capacity) and load.min() >= l_min and load.max() <= l_max
-    )
+    feasible = bool(np.array_equal(xi.sum(axis=1), capacity) and load.min() >= l_min and load.max() <= l_max)
     objective = float(np.sum(weights * x))
     gap = (reference_obj - objective) / max(1.0, abs(reference_obj))
     return {"objective": objective, "gap": gap, "integral": integral, "feasible": feasible}
@@ -141,8 +139,13 @@ def run_case(case, methods: list[Method], repeats: int, seed: int) -> list[dict]
         seconds, x = time_solve(method, weights, capacity, l_min, l_max, reps)
         if ref_time is None:  # the reference is first in the list
             ref_time, ref_obj = seconds, float(np.sum(weights * x))
-        row = {"case": list(case), "method": method.name, "seconds": seconds, "repeats": reps,
-               "ratio_vs_ref": seconds / ref_time}
+        row = {
+            "case": list(case),
+            "method": method.name,
+            "seconds": seconds,
+            "repeats": reps,
+            "ratio_vs_ref": seconds / ref_time,
+        }
         row.update(quality(x, weights, capacity, l_min, l_max, ref_obj))
         rows.append(row)
         print(f"  {case} {method.name}: {seconds:.4f} s", file=sys.stderr, flush=True)
@@ -156,14 +159,24 @@ def balance_table(cases, seed: int) -> list[dict]:
         for method in METHODS:
             x = assign(scores, k, method, rng=seed, solver="auto")
             load = x.sum(axis=0).astype(float)
-            rows.append({"case": [n, e, k], "method": method, "load_cv": float(load.std() / load.mean()),
-                         "load_min": int(load.min()), "load_max": int(load.max())})
+            rows.append(
+                {
+                    "case": [n, e, k],
+                    "method": method,
+                    "load_cv": float(load.std() / load.mean()),
+                    "load_min": int(load.min()),
+                    "load_max": int(load.max()),
+                }
+            )
     return rows
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
 
 
@@ -174,8 +187,18 @@ def print_speed(rows: list[dict]) -> None:
         if "skipped" in r:
             table.append([case, r["method"], "-", "-", "-", "-", "-", r["skipped"]])
             continue
-        table.append([case, r["method"], f"{r['seconds'] * 1e3:.1f}", f"{r['ratio_vs_ref']:.3g}",
-                      f"{r['gap']:+.1e}", str(r["integral"]), str(r["feasible"]), str(r["repeats"])])
+        table.append(
+            [
+                case,
+                r["method"],
+                f"{r['seconds'] * 1e3:.1f}",
+                f"{r['ratio_vs_ref']:.3g}",
+                f"{r['gap']:+.1e}",
+                str(r["integral"]),
+                str(r["feasible"]),
+                str(r["repeats"]),
+            ]
+        )
     headers = ["N x E x k", "method", "median ms", "x ref", "obj gap", "integral", "feasible", "reps"]
     print("Table 1: solve time (median) and exactness vs scipy HiGHS reference (same run)")
     print(format_table(headers, table))
@@ -199,9 +222,15 @@ def environment() -> dict:
     import cvxpy
     import scipy
 
-    return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
-            "cvxpy": cvxpy.__version__, "cpus": os.cpu_count(), "machine": platform.machine(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return {
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "cvxpy": cvxpy.__version__,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

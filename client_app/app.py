@@ -46,29 +46,42 @@ def train(msg: Message, context: Context) -> Message:
     settings, node = load_settings(context)
     if node.client_id in settings.crashing_clients:
         raise RuntimeError(f"injected crash of client {node.client_id} (crash-clients setting)")
-    server_round = int(msg.content["config"]["server-round"])
+    server_round = _config_int(msg, "server-round")
     model = build_model(msg, settings, context, node, gate_round=server_round - 1)
     train_set, _ = local_data(settings, node)
     attacking = node.client_id in settings.attacking_clients
     if attacking and settings.attack == "label-flip":
         train_set = label_flipped(train_set, dataset_shape(settings.dataset).num_classes)
-    result = train_local(model, train_set, epochs=settings.local_epochs, batch_size=settings.batch_size,
-                         lr=settings.lr, seed=derive_seed(settings.seed, "data-order", node.client_id, server_round),
-                         device=pick_device())
+    result = train_local(
+        model,
+        train_set,
+        epochs=settings.local_epochs,
+        batch_size=settings.batch_size,
+        lr=settings.lr,
+        seed=derive_seed(settings.seed, "data-order", node.client_id, server_round),
+        device=pick_device(),
+    )
     store_gate(context, node, model, server_round, _run_token(msg))
     feedback = result.feedback
-    metrics = MetricRecord({
-        "num-examples": int(result.num_examples),
-        "train-loss": float(result.mean_loss),
-        "expert-usage": [float(v) for v in feedback.usage],
-        "expert-accuracy": [float(v) for v in feedback.accuracy],
-        "expert-loss": [float(v) for v in feedback.loss],
-    })
+    metrics = MetricRecord(
+        {
+            "num-examples": int(result.num_examples),
+            "train-loss": float(result.mean_loss),
+            "expert-usage": [float(v) for v in feedback.usage],
+            "expert-accuracy": [float(v) for v in feedback.accuracy],
+            "expert-loss": [float(v) for v in feedback.loss],
+        }
+    )
     trained = model.shared_state_dict()
     if attacking:  # research setting `attack`: poisoned, yet finite and well-formed
-        sent = {key: value.numpy() for key, value in msg.content["arrays"].items()}
-        trained = poison_update(sent, trained, settings.attack, settings.attack_scale,
-                                seed=derive_seed(settings.seed, "attack", node.client_id, server_round))
+        sent = _arrays(msg)
+        trained = poison_update(
+            sent,
+            trained,
+            settings.attack,
+            settings.attack_scale,
+            seed=derive_seed(settings.seed, "attack", node.client_id, server_round),
+        )
     arrays = ArrayRecord({k: Array(v) for k, v in trained.items()})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
@@ -85,12 +98,13 @@ def label_flipped(dataset, num_classes: int):
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     settings, node = load_settings(context)
-    server_round = int(msg.content["config"]["server-round"])
+    server_round = _config_int(msg, "server-round")
     model = build_model(msg, settings, context, node, gate_round=server_round)
     _, test_set = local_data(settings, node)
     result = evaluate_model(model, test_set, batch_size=settings.batch_size, device=pick_device())
-    metrics = MetricRecord({"num-examples": int(result.num_examples), "accuracy": float(result.accuracy),
-                            "loss": float(result.loss)})
+    metrics = MetricRecord(
+        {"num-examples": int(result.num_examples), "accuracy": float(result.accuracy), "loss": float(result.loss)}
+    )
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
 
 
@@ -98,32 +112,53 @@ def load_settings(context: Context) -> tuple[Settings, NodeSettings]:
     settings = Settings.from_run_config(context.run_config)
     node = NodeSettings.from_node_config(context.node_config, settings, context.node_id)
     if node.partition_id is None or node.num_partitions is None:
-        raise SettingsError(["partition-id and num-partitions are required in the node config "
-                             "(e.g. --node-config \"partition-id=0 num-partitions=3\")"], source="node config")
+        raise SettingsError(
+            [
+                "partition-id and num-partitions are required in the node config "
+                '(e.g. --node-config "partition-id=0 num-partitions=3")'
+            ],
+            source="node config",
+        )
     return settings, node
 
 
 def local_data(settings: Settings, node: NodeSettings):
     """This client's (train, test) split; cached in-process because every round asks again."""
+    assert node.partition_id is not None and node.num_partitions is not None  # required by load_settings
     return client_datasets(
-        settings.dataset, node.partition_id, node.num_partitions,
-        partitioner=FlowerPartitioning.of(settings), seed=settings.seed, test_fraction=settings.test_fraction, max_samples=settings.max_samples_per_client,
-        data_dir=settings.data_dir or None, allow_download=settings.allow_download)
+        settings.dataset,
+        node.partition_id,
+        node.num_partitions,
+        partitioner=FlowerPartitioning.of(settings),
+        seed=settings.seed,
+        test_fraction=settings.test_fraction,
+        max_samples=settings.max_samples_per_client,
+        data_dir=settings.data_dir or None,
+        allow_download=settings.allow_download,
+    )
 
 
-def build_model(msg: Message, settings: Settings, context: Context, node: NodeSettings,
-                gate_round: int) -> MoEClassifier:
+def build_model(
+    msg: Message, settings: Settings, context: Context, node: NodeSettings, gate_round: int
+) -> MoEClassifier:
     """A model holding exactly the experts in the message, with this client's own gate."""
-    state = {key: value.numpy() for key, value in msg.content["arrays"].items()}
+    state = _arrays(msg)
     held = held_experts(state)
     shape = dataset_shape(settings.dataset)
     # The extractor and experts are overwritten by the server's arrays; only the gate's initial
     # values are the client's own. Seeded by (seed, client id) alone: the same under every method
     # and capacity, and reproducible, so a resumed run equals an uninterrupted one.
-    model = MoEClassifier(settings.num_experts, held, num_classes=shape.num_classes,
-                          in_channels=shape.in_channels, image_size=shape.image_size, arch=settings.model,
-                          top_r=settings.top_r, expert_hidden=settings.expert_hidden,
-                          gate_seed=initial_gate_seed(settings, node))
+    model = MoEClassifier(
+        settings.num_experts,
+        held,
+        num_classes=shape.num_classes,
+        in_channels=shape.in_channels,
+        image_size=shape.image_size,
+        arch=settings.model,
+        top_r=settings.top_r,
+        expert_hidden=settings.expert_hidden,
+        gate_seed=initial_gate_seed(settings, node),
+    )
     model.load_shared_state(state)
     gate = load_gate(context, node, gate_round, _run_token(msg))
     if gate is not None:
@@ -140,8 +175,7 @@ def gate_folder(node: NodeSettings, run_token: str) -> Path:
     return Path(node.state_dir) / f"run-{run_token}" / node.client_id
 
 
-def store_gate(context: Context, node: NodeSettings, model: MoEClassifier, server_round: int,
-               run_token: str) -> None:
+def store_gate(context: Context, node: NodeSettings, model: MoEClassifier, server_round: int, run_token: str) -> None:
     """Keep the personal gate in the node's state and, if a state dir is set, on disk per round."""
     gate = model.gate_state()
     context.state[GATE_KEY] = ArrayRecord({k: Array(v) for k, v in gate.items()})
@@ -150,20 +184,19 @@ def store_gate(context: Context, node: NodeSettings, model: MoEClassifier, serve
         folder = gate_folder(node, run_token)
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".gate-round{server_round}.tmp.npz"
-        np.savez(tmp, **gate)
+        np.savez(tmp, allow_pickle=False, **gate)
         tmp.replace(folder / f"gate-round{server_round}.npz")
         for old in sorted(folder.glob("gate-round*.npz"), key=_round_of)[:-GATES_KEPT]:
             old.unlink(missing_ok=True)
 
 
-def load_gate(context: Context, node: NodeSettings, wanted_round: int,
-              run_token: str) -> dict[str, np.ndarray] | None:
+def load_gate(context: Context, node: NodeSettings, wanted_round: int, run_token: str) -> dict[str, np.ndarray] | None:
     """The gate this run stored after `wanted_round` (disk snapshot if the in-memory one is from
     another round); None (a fresh gate) if this run has stored none."""
     in_memory = None
     if GATE_KEY in context.state and context.state[GATE_ROUND_KEY].get(RUN_TOKEN_KEY) == run_token:
-        in_memory = {k: v.numpy() for k, v in context.state[GATE_KEY].items()}
-        if int(context.state[GATE_ROUND_KEY]["round"]) == wanted_round:
+        in_memory = {k: v.numpy() for k, v in context.state.array_records[GATE_KEY].items()}
+        if _int(context.state[GATE_ROUND_KEY]["round"]) == wanted_round:
             return in_memory
     if node.state_dir:
         path = gate_folder(node, run_token) / f"gate-round{wanted_round}.npz"
@@ -182,3 +215,18 @@ def _run_token(msg: Message) -> str:
     if not isinstance(token, str) or not token.isalnum():
         raise ValueError(f"the server sent no valid {RUN_TOKEN_KEY!r} in the config (got {token!r})")
     return token
+
+
+def _arrays(msg: Message) -> dict[str, np.ndarray]:
+    return {key: value.numpy() for key, value in msg.content.array_records["arrays"].items()}
+
+
+def _config_int(msg: Message, key: str) -> int:
+    return _int(msg.content.config_records["config"][key])
+
+
+def _int(value: object) -> int:
+    # The server always sends integers here; anything else is a protocol error, not a number to coerce.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value

@@ -29,19 +29,33 @@ class FlowerPartitioning:
     @classmethod
     def of(cls, settings: Settings) -> FlowerPartitioning:
         scheme = settings.partition
-        return cls(scheme=scheme,
-                   alpha=float(settings.dirichlet_alpha) if scheme == "dirichlet" else cls.alpha,
-                   classes_per_client=int(settings.classes_per_client) if scheme == "classes"
-                   else cls.classes_per_client,
-                   seed=int(settings.seed))
+        return cls(
+            scheme=scheme,
+            alpha=float(settings.dirichlet_alpha) if scheme == "dirichlet" else cls.alpha,
+            classes_per_client=int(settings.classes_per_client) if scheme == "classes" else cls.classes_per_client,
+            seed=int(settings.seed),
+        )
 
     def __call__(self, labels: np.ndarray, num_partitions: int) -> list[np.ndarray]:
-        return partition_indices(labels, num_partitions, self.scheme, alpha=self.alpha,
-                                 classes_per_client=self.classes_per_client, seed=self.seed)
+        return partition_indices(
+            labels,
+            num_partitions,
+            self.scheme,
+            alpha=self.alpha,
+            classes_per_client=self.classes_per_client,
+            seed=self.seed,
+        )
 
 
-def partition_indices(labels: np.ndarray, num_partitions: int, scheme: str = "iid", *,
-                      alpha: float = 0.5, classes_per_client: int = 2, seed: int = 0) -> list[np.ndarray]:
+def partition_indices(
+    labels: np.ndarray,
+    num_partitions: int,
+    scheme: str = "iid",
+    *,
+    alpha: float = 0.5,
+    classes_per_client: int = 2,
+    seed: int = 0,
+) -> list[np.ndarray]:
     """Split sample indices 0..n-1 among ``num_partitions`` clients with flwr-datasets.
 
     scheme:
@@ -61,10 +75,14 @@ def partition_indices(labels: np.ndarray, num_partitions: int, scheme: str = "ii
     labels = np.asarray(labels)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"labels must be a 1-D integer array, got shape {labels.shape} dtype {labels.dtype}")
-    if isinstance(num_partitions, bool) or not isinstance(num_partitions, (int, np.integer)) \
-            or not 1 <= num_partitions <= len(labels):
-        raise ValueError(f"num_partitions must be an integer in 1..{len(labels)} (the number of samples), "
-                         f"got {num_partitions!r}")
+    if (
+        isinstance(num_partitions, bool)
+        or not isinstance(num_partitions, (int, np.integer))
+        or not 1 <= num_partitions <= len(labels)
+    ):
+        raise ValueError(
+            f"num_partitions must be an integer in 1..{len(labels)} (the number of samples), got {num_partitions!r}"
+        )
     if scheme not in PARTITIONS:
         raise ValueError(f"partition scheme must be one of {PARTITIONS}, got {scheme!r}")
 
@@ -82,26 +100,43 @@ def partition_indices(labels: np.ndarray, num_partitions: int, scheme: str = "ii
         # flwr-datasets resamples until every client has min_partition_size samples;
         # keep that small relative to n/N so small test data sets are partitionable.
         min_size = max(1, min(10, len(labels) // (2 * int(num_partitions))))
-        partitioner = DirichletPartitioner(num_partitions=int(num_partitions), partition_by="label",
-                                           alpha=float(alpha), min_partition_size=min_size,
-                                           self_balancing=False, shuffle=True, seed=int(seed))
+        partitioner = DirichletPartitioner(
+            num_partitions=int(num_partitions),
+            partition_by="label",
+            alpha=float(alpha),
+            min_partition_size=min_size,
+            self_balancing=False,
+            shuffle=True,
+            seed=int(seed),
+        )
     else:
         num_classes = len(np.unique(labels))
-        if isinstance(classes_per_client, bool) or not isinstance(classes_per_client, (int, np.integer)) \
-                or not 1 <= classes_per_client <= num_classes:
-            raise ValueError(f"classes_per_client must be an integer in 1..{num_classes} "
-                             f"(classes in the data), got {classes_per_client!r}")
-        partitioner = PathologicalPartitioner(num_partitions=int(num_partitions), partition_by="label",
-                                              num_classes_per_partition=int(classes_per_client),
-                                              class_assignment_mode="first-deterministic",
-                                              shuffle=True, seed=int(seed))
+        if (
+            isinstance(classes_per_client, bool)
+            or not isinstance(classes_per_client, (int, np.integer))
+            or not 1 <= classes_per_client <= num_classes
+        ):
+            raise ValueError(
+                f"classes_per_client must be an integer in 1..{num_classes} "
+                f"(classes in the data), got {classes_per_client!r}"
+            )
+        partitioner = PathologicalPartitioner(
+            num_partitions=int(num_partitions),
+            partition_by="label",
+            num_classes_per_partition=int(classes_per_client),
+            class_assignment_mode="first-deterministic",
+            shuffle=True,
+            seed=int(seed),
+        )
     partitioner.dataset = Dataset.from_dict({"index": index, "label": labels[index].astype(np.int64)})
     try:
         return [_partition_samples(partitioner, pid, index) for pid in range(int(num_partitions))]
     except ValueError as error:
-        raise ValueError(f"cannot build {scheme!r} partitions of {len(labels)} samples into "
-                         f"{num_partitions} clients (alpha={alpha}, classes_per_client="
-                         f"{classes_per_client}): {error}") from error
+        raise ValueError(
+            f"cannot build {scheme!r} partitions of {len(labels)} samples into "
+            f"{num_partitions} clients (alpha={alpha}, classes_per_client="
+            f"{classes_per_client}): {error}"
+        ) from error
 
 
 READ_PARTITION_ROWS_DIRECTLY = True

@@ -103,9 +103,7 @@ def _check_num_experts(num_experts: Any) -> int:
 
 def _check_update(index: int, update: ClientUpdate, global_state: State, num_experts: int) -> None:
     if update.usage.shape != (num_experts,):
-        raise ValueError(
-            f"update {index}: usage must have shape ({num_experts},), got {update.usage.shape}"
-        )
+        raise ValueError(f"update {index}: usage must have shape ({num_experts},), got {update.usage.shape}")
     for key, value in update.state.items():
         if key.startswith(GATE_PREFIX):
             continue  # personal, never aggregated: its keys need not exist globally
@@ -113,19 +111,13 @@ def _check_update(index: int, update: ClientUpdate, global_state: State, num_exp
             raise ValueError(f"update {index}: key {key!r} is absent from the global state")
         expert = expert_of(key)
         if expert is None and not key.startswith(EXTRACTOR_PREFIX):
-            raise ValueError(
-                f"update {index}: key {key!r} is neither an extractor nor an expert key"
-            )
+            raise ValueError(f"update {index}: key {key!r} is neither an extractor nor an expert key")
         if expert is not None and expert >= num_experts:
-            raise ValueError(
-                f"update {index}: key {key!r} names expert {expert}, "
-                f"but num_experts is {num_experts}"
-            )
+            raise ValueError(f"update {index}: key {key!r} names expert {expert}, but num_experts is {num_experts}")
         shape = np.shape(value)
         if shape != global_state[key].shape:
             raise ValueError(
-                f"update {index}: key {key!r} has shape {shape}, "
-                f"global state has {global_state[key].shape}"
+                f"update {index}: key {key!r} has shape {shape}, global state has {global_state[key].shape}"
             )
 
 
@@ -150,9 +142,7 @@ def _first_positive(*candidates: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def aggregate(
-    global_state: State, updates: Sequence[ClientUpdate], num_experts: int
-) -> dict[str, np.ndarray]:
+def aggregate(global_state: State, updates: Sequence[ClientUpdate], num_experts: int) -> dict[str, np.ndarray]:
     """New global state from the round's client updates.
 
     - extractor keys: mean over the updates that contain the key, weighted by

@@ -37,8 +37,9 @@ variant that borrows the method's balancing.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from fractions import Fraction
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -93,16 +94,12 @@ def _as_capacity(capacity: Any, num_clients: int, num_experts: int) -> np.ndarra
     if array.ndim == 0:
         array = np.full(num_clients, int(array), dtype=np.int64)
     if array.shape != (num_clients,):
-        raise ValueError(
-            f"capacity must be an int or have shape (N,) = ({num_clients},), got shape {array.shape}"
-        )
+        raise ValueError(f"capacity must be an int or have shape (N,) = ({num_clients},), got shape {array.shape}")
     array = array.astype(np.int64)
     if np.any(array < 1):
         raise ValueError(f"capacity k_c must be >= 1 for every client, got min {array.min()}")
     if np.any(array > num_experts):
-        raise ValueError(
-            f"capacity k_c must be <= number of experts E = {num_experts}, got max {array.max()}"
-        )
+        raise ValueError(f"capacity k_c must be <= number of experts E = {num_experts}, got max {array.max()}")
     return array
 
 
@@ -116,9 +113,7 @@ def _as_load_slack(load_slack: Any) -> float:
     return value
 
 
-def _objective_weights(
-    scores: np.ndarray, deficit: Any, deficit_weight: Any
-) -> np.ndarray:
+def _objective_weights(scores: np.ndarray, deficit: Any, deficit_weight: Any) -> np.ndarray:
     """w = scores + deficit_weight * deficit[None, :] (deficit None means zeros)."""
     try:
         weight = float(deficit_weight)
@@ -175,9 +170,7 @@ def check_load_bounds(capacity: np.ndarray, num_experts: int, l_min: int, l_max:
         )
 
 
-def load_bounds(
-    capacity: np.ndarray, num_experts: int, load_slack: float = 0.0
-) -> tuple[int, int]:
+def load_bounds(capacity: np.ndarray, num_experts: int, load_slack: float = 0.0) -> tuple[int, int]:
     """Per-expert load bounds (L_min, L_max) for one round.
 
     ``L* = sum k_c / E``, ``L_min = max(0, floor(L* (1 - slack)))``,
@@ -276,9 +269,7 @@ def _lp_matrices(num_clients: int, num_experts: int) -> tuple[Any, Any]:
     return rows, cols
 
 
-def _solve_lp_dual_simplex(
-    weights: np.ndarray, capacity: np.ndarray, l_min: int, l_max: int
-) -> np.ndarray:
+def _solve_lp_dual_simplex(weights: np.ndarray, capacity: np.ndarray, l_min: int, l_max: int) -> np.ndarray:
     """Solve the same LP with scipy's HiGHS dual simplex, which returns a vertex."""
     from scipy import sparse
     from scipy.optimize import linprog
@@ -314,15 +305,11 @@ def _repair_to_vertex(
     target = float(np.sum(weights * point))
     achieved = float(np.sum(weights * np.rint(vertex)))
     if achieved < target - OBJECTIVE_RTOL * max(1.0, abs(target)):
-        raise RuntimeError(
-            f"integrality repair failed: vertex objective {achieved} below LP optimum {target}"
-        )
+        raise RuntimeError(f"integrality repair failed: vertex objective {achieved} below LP optimum {target}")
     return vertex
 
 
-def _solve_fast(
-    weights: np.ndarray, capacity: np.ndarray, l_min: int, l_max: int
-) -> np.ndarray:
+def _solve_fast(weights: np.ndarray, capacity: np.ndarray, l_min: int, l_max: int) -> np.ndarray:
     return np.asarray(solve_balanced_assignment(weights, capacity, l_min, l_max))
 
 
@@ -335,19 +322,14 @@ def _verify_assignment(x: np.ndarray, capacity: np.ndarray, l_min: int, l_max: i
     load = x.sum(axis=0)
     if load.min() < l_min or load.max() > l_max:
         raise RuntimeError(
-            f"solver returned expert loads in [{load.min()}, {load.max()}], "
-            f"outside the bounds [{l_min}, {l_max}]"
+            f"solver returned expert loads in [{load.min()}, {load.max()}], outside the bounds [{l_min}, {l_max}]"
         )
 
 
-def _assign_flexmoe(
-    weights: np.ndarray, capacity: np.ndarray, load_slack: float, solver: str
-) -> np.ndarray:
+def _assign_flexmoe(weights: np.ndarray, capacity: np.ndarray, load_slack: float, solver: str) -> np.ndarray:
     num_clients, num_experts = weights.shape
     l_min, l_max = load_bounds(capacity, num_experts, load_slack)
-    use_fast = solver == "fast" or (
-        solver == "auto" and num_clients * num_experts > FAST_SOLVER_THRESHOLD
-    )
+    use_fast = solver == "fast" or (solver == "auto" and num_clients * num_experts > FAST_SOLVER_THRESHOLD)
     if use_fast:
         point = _solve_fast(weights, capacity, l_min, l_max).astype(np.float64)
     else:
@@ -484,9 +466,7 @@ class LoadTracker:
         """Add one round: x is the (N, E) assignment; capacity defaults to x's row sums."""
         x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.num_experts:
-            raise ValueError(
-                f"assignment x must have shape (N, E={self.num_experts}), got {x.shape}"
-            )
+            raise ValueError(f"assignment x must have shape (N, E={self.num_experts}), got {x.shape}")
         if capacity is None:
             total = float(x.sum())
         else:
@@ -509,9 +489,7 @@ class LoadTracker:
         tracker = cls(int(state["num_experts"]))
         deficit = np.asarray(state["deficit"], dtype=np.float64)
         if deficit.shape != (tracker.num_experts,):
-            raise ValueError(
-                f"deficit must have length num_experts={tracker.num_experts}, got {deficit.shape}"
-            )
+            raise ValueError(f"deficit must have length num_experts={tracker.num_experts}, got {deficit.shape}")
         tracker._deficit = deficit.copy()
         tracker.rounds = int(state.get("rounds", 0))
         return tracker

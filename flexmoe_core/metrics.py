@@ -87,9 +87,7 @@ def accuracy_summary(accuracies: Any, num_examples: Any) -> dict[str, float]:
     acc = _vector("accuracies", accuracies)
     counts = _vector("num_examples", num_examples)
     if counts.shape != acc.shape:
-        raise ValueError(
-            f"accuracies and num_examples must have the same length, got {acc.size} and {counts.size}"
-        )
+        raise ValueError(f"accuracies and num_examples must have the same length, got {acc.size} and {counts.size}")
     if np.any(counts < 0):
         raise ValueError(f"num_examples must be >= 0, got {counts.tolist()}")
     total = counts.sum()

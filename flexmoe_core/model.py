@@ -183,6 +183,9 @@ class MoEClassifier(nn.Module):
             different gates, and the comparison would change more than the rule.
     """
 
+    _held_index: torch.Tensor  # buffers (register_buffer), typed for the checker
+    _held_mask: torch.Tensor
+
     def __init__(
         self,
         num_experts: int,
@@ -197,8 +200,13 @@ class MoEClassifier(nn.Module):
     ) -> None:
         super().__init__()
         held = _validated_held(num_experts, held_experts)
-        _validate_sizes(num_classes=num_classes, in_channels=in_channels, image_size=image_size,
-                        top_r=top_r, expert_hidden=expert_hidden)
+        _validate_sizes(
+            num_classes=num_classes,
+            in_channels=in_channels,
+            image_size=image_size,
+            top_r=top_r,
+            expert_hidden=expert_hidden,
+        )
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
         self.num_experts = int(num_experts)
@@ -208,9 +216,7 @@ class MoEClassifier(nn.Module):
         self._held = held
         extractor_class = CnnExtractor if arch == "cnn" else ResNetExtractor
         self.extractor = extractor_class(in_channels, FEATURE_DIM)
-        self.experts = nn.ModuleDict(
-            {str(e): make_expert(FEATURE_DIM, expert_hidden, num_classes) for e in held}
-        )
+        self.experts = nn.ModuleDict({str(e): make_expert(FEATURE_DIM, expert_hidden, num_classes) for e in held})
         self.gate = nn.Linear(FEATURE_DIM, num_experts)
         if gate_seed is not None:
             with torch.random.fork_rng(devices=[]):
@@ -274,8 +280,9 @@ class MoEClassifier(nn.Module):
         logits = (weights.unsqueeze(2) * chosen).sum(dim=1)
 
         top1 = self._held_index[held_probs.argmax(dim=1)]
-        routing = Routing(held_experts=self._held, top1=top1, selected=top_pos, expert_logits=expert_logits,
-                          gate_probs=gate_probs)
+        routing = Routing(
+            held_experts=self._held, top1=top1, selected=top_pos, expert_logits=expert_logits, gate_probs=gate_probs
+        )
         return logits, routing
 
     # ---------------------------------------------------------------- state exchange
@@ -286,11 +293,7 @@ class MoEClassifier(nn.Module):
         Copies, because ``Tensor.numpy()`` shares memory: later local training would
         otherwise silently change arrays the caller already holds.
         """
-        return {
-            key: _to_numpy(value)
-            for key, value in self.state_dict().items()
-            if not key.startswith(GATE_PREFIX)
-        }
+        return {key: _to_numpy(value) for key, value in self.state_dict().items() if not key.startswith(GATE_PREFIX)}
 
     def load_shared_state(self, state: Mapping[str, np.ndarray]) -> None:
         """Load extractor + held experts; every expected key must be present and no other.
@@ -325,8 +328,7 @@ class MoEClassifier(nn.Module):
             value = torch.as_tensor(np.asarray(state[key]))
             if tuple(value.shape) != tuple(own[key].shape):
                 raise ValueError(
-                    f"{what}: key {key!r} has shape {tuple(value.shape)}, "
-                    f"the model expects {tuple(own[key].shape)}"
+                    f"{what}: key {key!r} has shape {tuple(value.shape)}, the model expects {tuple(own[key].shape)}"
                 )
             tensors[key] = value.to(dtype=own[key].dtype)
         # strict=False only because the other group is deliberately not in `tensors`;

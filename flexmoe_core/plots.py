@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def write_all(directory: Path, rounds: Sequence[Mapping[str, Any]], history: Sequence[Mapping[str, Any]],
-              num_experts: int, title: str) -> list[Path]:
+def write_all(
+    directory: Path,
+    rounds: Sequence[Mapping[str, Any]],
+    history: Sequence[Mapping[str, Any]],
+    num_experts: int,
+    title: str,
+) -> list[Path]:
     """Write every plot of a run and return their paths."""
     if not rounds:
         return []
@@ -43,10 +47,16 @@ def load_cv_plot(path: Path, rounds: Sequence[Mapping[str, Any]], title: str) ->
     x = [r["round"] for r in rounds]
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(x, [r.get("load-cv", np.nan) for r in rounds], marker="o", label="clients holding each expert")
-    ax.plot(x, [r.get("cumulative-load-cv", np.nan) for r in rounds], marker="^", ls=":",
-            label="clients holding each expert, summed over rounds")
-    ax.plot(x, [r.get("routed-load-cv", np.nan) for r in rounds], marker="s", ls="--",
-            label="samples routed to each expert")
+    ax.plot(
+        x,
+        [r.get("cumulative-load-cv", np.nan) for r in rounds],
+        marker="^",
+        ls=":",
+        label="clients holding each expert, summed over rounds",
+    )
+    ax.plot(
+        x, [r.get("routed-load-cv", np.nan) for r in rounds], marker="s", ls="--", label="samples routed to each expert"
+    )
     ax.set(xlabel="round", ylabel="coefficient of variation (std/mean)", title=f"Expert-load balance — {title}")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
@@ -63,15 +73,20 @@ def assignment_heatmap(path: Path, history: Sequence[Mapping[str, Any]], num_exp
         for client, held in zip(entry["clients"], entry["held"]):
             row = clients.index(client)
             base = r * (num_experts + 1)
-            grid[row, base:base + num_experts] = 0
+            grid[row, base : base + num_experts] = 0
             grid[row, [base + e for e in held]] = 1
     fig, ax = plt.subplots(figsize=(max(6, rounds * num_experts * 0.18), max(3, len(clients) * 0.25)))
     ax.imshow(grid, aspect="auto", cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
     ax.set_yticks(range(len(clients)), clients, fontsize=7)
-    ax.set_xticks([r * (num_experts + 1) + (num_experts - 1) / 2 for r in range(rounds)],
-                  [str(h["round"]) for h in history], fontsize=7)
-    ax.set(xlabel=f"round (each block = experts 0..{num_experts - 1}; blank = not sampled)",
-           title=f"Expert assignment over rounds — {title}")
+    ax.set_xticks(
+        [r * (num_experts + 1) + (num_experts - 1) / 2 for r in range(rounds)],
+        [str(h["round"]) for h in history],
+        fontsize=7,
+    )
+    ax.set(
+        xlabel=f"round (each block = experts 0..{num_experts - 1}; blank = not sampled)",
+        title=f"Expert assignment over rounds — {title}",
+    )
     return _save(fig, path)
 
 
@@ -81,9 +96,14 @@ def comparison_plot(path: Path, runs: Mapping[str, Sequence[Mapping[str, Any]]])
     for name, rounds in runs.items():
         x = [r["round"] for r in rounds]
         left.plot(x, [r.get("accuracy", np.nan) for r in rounds], marker="o", label=name)
-        line, = right.plot(x, [r.get("load-cv", np.nan) for r in rounds], marker="o", label=f"{name} (per round)")
-        right.plot(x, [r.get("cumulative-load-cv", np.nan) for r in rounds], ls=":", color=line.get_color(),
-                   label=f"{name} (summed over rounds)")
+        (line,) = right.plot(x, [r.get("load-cv", np.nan) for r in rounds], marker="o", label=f"{name} (per round)")
+        right.plot(
+            x,
+            [r.get("cumulative-load-cv", np.nan) for r in rounds],
+            ls=":",
+            color=line.get_color(),
+            label=f"{name} (summed over rounds)",
+        )
     left.set(xlabel="round", ylabel="personalised test accuracy", title="Accuracy", ylim=(0, 1))
     right.set(xlabel="round", ylabel="expert-load CV", title="Expert-load imbalance (lower is better)")
     right.set_ylim(bottom=0)

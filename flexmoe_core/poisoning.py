@@ -22,8 +22,9 @@ ATTACKS = ("none", "scale", "sign-flip", "noise", "label-flip")
 MODEL_ATTACKS = ("scale", "sign-flip", "noise")
 
 
-def poison_update(sent: Mapping[str, np.ndarray], trained: Mapping[str, np.ndarray], attack: str, scale: float,
-                  seed: int) -> dict[str, np.ndarray]:
+def poison_update(
+    sent: Mapping[str, np.ndarray], trained: Mapping[str, np.ndarray], attack: str, scale: float, seed: int
+) -> dict[str, np.ndarray]:
     """What an attacking client sends instead of `trained` (unchanged for none / label-flip)."""
     if attack not in ATTACKS:
         raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")

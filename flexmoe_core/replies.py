@@ -52,9 +52,13 @@ class EvalOutcome:
     loss: float
 
 
-def validate_train_reply(sent: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray],
-                         metrics: Mapping[str, Any], num_experts: int,
-                         declared_examples: int | None = None) -> TrainFeedback:
+def validate_train_reply(
+    sent: Mapping[str, np.ndarray],
+    arrays: Mapping[str, np.ndarray],
+    metrics: Mapping[str, Any],
+    num_experts: int,
+    declared_examples: int | None = None,
+) -> TrainFeedback:
     """Check a training reply against what was sent; return the parts the server uses.
 
     `declared_examples` is the training-set size the client declared when it joined: the
@@ -66,8 +70,10 @@ def validate_train_reply(sent: Mapping[str, np.ndarray], arrays: Mapping[str, np
     if num_examples == 0:
         raise ReplyError(NUM_EXAMPLES, "a training reply must cover at least one example")
     if declared_examples is not None and num_examples > declared_examples:
-        raise ReplyError(NUM_EXAMPLES, f"claims {num_examples} examples, more than the {declared_examples} "
-                                       "it declared when it joined")
+        raise ReplyError(
+            NUM_EXAMPLES,
+            f"claims {num_examples} examples, more than the {declared_examples} it declared when it joined",
+        )
     usage = _per_expert(metrics, EXPERT_USAGE, num_experts, low=0.0, high=float(num_examples))
     accuracy = _per_expert(metrics, EXPERT_ACCURACY, num_experts, low=0.0, high=1.0)
     loss = _per_expert(metrics, EXPERT_LOSS, num_experts, low=0.0, high=math.inf)

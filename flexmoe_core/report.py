@@ -13,20 +13,25 @@ from __future__ import annotations
 
 import argparse
 import math
-import tomllib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tomllib
 
-from flexmoe_core.study import Cell, expand
+from flexmoe_core.study import expand
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("flexmoe", "greedy", "random", "static", "dense")
-COLOURS = {"flexmoe": "tab:blue", "greedy": "tab:orange", "random": "tab:green", "static": "tab:purple",
-           "dense": "tab:gray"}
+COLOURS = {
+    "flexmoe": "tab:blue",
+    "greedy": "tab:orange",
+    "random": "tab:green",
+    "static": "tab:purple",
+    "dense": "tab:gray",
+}
 TARGET_SHARE = 0.95  # rounds-to-target: the round where a method reaches 95% of the best final accuracy
 REFERENCE = {"dataset": "fashion-mnist", "partition": "dirichlet"}  # where capacity and ablations vary
 PARTITION_NAMES = {"iid": "IID", "dirichlet": "Dirichlet(0.8)", "classes": "4 classes/client"}
@@ -35,13 +40,16 @@ NOT_OFFLINE = {  # supported by flexmoe_core.data, but no offline copy on the re
     "emnist": "--set dataset='\"emnist\"' --set allow-download=true",
     "gtsrb": "--set dataset='\"gtsrb\"' --set model='\"resnet\"' --set allow-download=true",
 }
-PAPER = ("The source paper (secondary sources, DESIGN §1) reports, with a ResNet and E = 8 on CIFAR-10, "
-         "EMNIST and GTSRB: greedy top-k expert-load CV above 0.29 against about 0.003 for the balanced "
-         "assignment; accuracies such as CIFAR-10 IID 83%, Dir(0.8) 68.8%, 4-class 65.5%, EMNIST IID 98.3%, "
-         "4-class 82.6%, GTSRB IID 98%.")
+PAPER = (
+    "The source paper (secondary sources, DESIGN §1) reports, with a ResNet and E = 8 on CIFAR-10, "
+    "EMNIST and GTSRB: greedy top-k expert-load CV above 0.29 against about 0.003 for the balanced "
+    "assignment; accuracies such as CIFAR-10 IID 83%, Dir(0.8) 68.8%, 4-class 65.5%, EMNIST IID 98.3%, "
+    "4-class 82.6%, GTSRB IID 98%."
+)
 
 
 # ------------------------------------------------------------------ statistics
+
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof = 1; nan with fewer than 2 values)."""
@@ -86,6 +94,7 @@ def mean_curve(curves: Iterable[Sequence[float]]) -> tuple[np.ndarray, np.ndarra
 
 # ------------------------------------------------------------------ the runs
 
+
 class Runs:
     """The run summaries, indexed by group and setting."""
 
@@ -93,8 +102,13 @@ class Runs:
         self.all = list(summaries)
 
     def select(self, group: str, method: str | None = None, **varied: Any) -> list[Mapping[str, Any]]:
-        return [r for r in self.all if r["group"] == group and (method is None or r["method"] == method)
-                and all(r["varied"].get(k) == v for k, v in varied.items())]
+        return [
+            r
+            for r in self.all
+            if r["group"] == group
+            and (method is None or r["method"] == method)
+            and all(r["varied"].get(k) == v for k, v in varied.items())
+        ]
 
     def final(self, runs: Iterable[Mapping[str, Any]], key: str = "accuracy") -> dict[int, float]:
         return {r["seed"]: r["summary"][key] for r in runs}
@@ -111,6 +125,7 @@ def load_summaries(directory: Path) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------ tables
+
 
 def fmt(mean: float, std: float, digits: int = 4) -> str:
     if math.isnan(mean):
@@ -133,8 +148,9 @@ def main_rows(runs: Runs, datasets: Sequence[str], partitions: Sequence[str]) ->
             if not any(cell.values()):
                 continue
             gap = paired_difference(cell["flexmoe"], cell["greedy"])
-            rows.append({"dataset": dataset, "partition": partition, "accuracy": cell, "gap": gap,
-                         "verdict": verdict(*gap)})
+            rows.append(
+                {"dataset": dataset, "partition": partition, "accuracy": cell, "gap": gap, "verdict": verdict(*gap)}
+            )
     return rows
 
 
@@ -144,8 +160,15 @@ def main_table(rows: Sequence[Mapping[str, Any]]) -> str:
         acc = row["accuracy"]
         mean, std, n = row["gap"]
         gap = f"{mean:+.4f} ± {std:.4f} (n={n})" if n > 1 else (f"{mean:+.4f} (n=1)" if n else "—")
-        body.append([row["dataset"], PARTITION_NAMES.get(row["partition"], row["partition"]),
-                     *(fmt(*mean_std(list(acc[m].values()))) for m in METHODS), gap, f"**{row['verdict']}**"])
+        body.append(
+            [
+                row["dataset"],
+                PARTITION_NAMES.get(row["partition"], row["partition"]),
+                *(fmt(*mean_std(list(acc[m].values()))) for m in METHODS),
+                gap,
+                f"**{row['verdict']}**",
+            ]
+        )
     return table(["dataset", "partition", *METHODS, "flexmoe − greedy (paired)", "verdict"], body)
 
 
@@ -158,11 +181,29 @@ def balance_table(runs: Runs) -> str:
             continue
         s = [r["summary"] for r in chosen]
         var = [float(np.mean([v for v in r["curves"]["load-variance"] if v is not None])) for r in chosen]
-        body.append([method, len(chosen), fmt(*mean_std([x["load-cv"] for x in s]), 3),
-                     fmt(*mean_std([x["cumulative-load-cv"] for x in s]), 3), fmt(*mean_std(var), 3),
-                     fmt(*mean_std([x["load-jain"] for x in s]), 3), fmt(*mean_std([x["routed-load-cv"] for x in s]), 3)])
-    return table(["method", "runs", "load CV per round", "cumulative load CV (end)", "load variance per round",
-                  "Jain per round", "routed-sample CV"], body)
+        body.append(
+            [
+                method,
+                len(chosen),
+                fmt(*mean_std([x["load-cv"] for x in s]), 3),
+                fmt(*mean_std([x["cumulative-load-cv"] for x in s]), 3),
+                fmt(*mean_std(var), 3),
+                fmt(*mean_std([x["load-jain"] for x in s]), 3),
+                fmt(*mean_std([x["routed-load-cv"] for x in s]), 3),
+            ]
+        )
+    return table(
+        [
+            "method",
+            "runs",
+            "load CV per round",
+            "cumulative load CV (end)",
+            "load variance per round",
+            "Jain per round",
+            "routed-sample CV",
+        ],
+        body,
+    )
 
 
 def bytes_table(runs: Runs) -> str:
@@ -170,24 +211,42 @@ def bytes_table(runs: Runs) -> str:
     for method in METHODS:
         chosen = [r["summary"] for r in runs.select("main", method)]
         if chosen:
-            body.append([method, fmt(*mean_std([x["bytes-total-per-client"] / 1024 for x in chosen]), 1),
-                         fmt(*mean_std([x["bytes-total-vs-dense"] for x in chosen]), 3),
-                         f"{np.mean([x['bytes-expected-vs-dense'] for x in chosen]):.3f}"])
-    return table(["method", "KiB down+up per client per round", "vs dense (measured)",
-                  "vs dense, arrays formula (ψ + kθ)/(ψ + Eθ)"], body)
+            body.append(
+                [
+                    method,
+                    fmt(*mean_std([x["bytes-total-per-client"] / 1024 for x in chosen]), 1),
+                    fmt(*mean_std([x["bytes-total-vs-dense"] for x in chosen]), 3),
+                    f"{np.mean([x['bytes-expected-vs-dense'] for x in chosen]):.3f}",
+                ]
+            )
+    return table(
+        [
+            "method",
+            "KiB down+up per client per round",
+            "vs dense (measured)",
+            "vs dense, arrays formula (ψ + kθ)/(ψ + Eθ)",
+        ],
+        body,
+    )
 
 
 def target_table(runs: Runs, datasets: Sequence[str], partitions: Sequence[str]) -> str:
     body = []
     for dataset in datasets:
         for partition in partitions:
-            curves = {m: runs.select("main", m, dataset=dataset, partition=partition) for m in METHODS}
-            curves = {m: mean_curve(r["curves"]["accuracy"] for r in c)[0] for m, c in curves.items() if c}
+            chosen = {m: runs.select("main", m, dataset=dataset, partition=partition) for m in METHODS}
+            curves = {m: mean_curve(r["curves"]["accuracy"] for r in c)[0] for m, c in chosen.items() if c}
             if not curves:
                 continue
             target = TARGET_SHARE * max(float(c[-1]) for c in curves.values())
-            body.append([dataset, PARTITION_NAMES.get(partition, partition), f"{target:.3f}",
-                         *(_rounds(curves.get(m), target) for m in METHODS)])
+            body.append(
+                [
+                    dataset,
+                    PARTITION_NAMES.get(partition, partition),
+                    f"{target:.3f}",
+                    *(_rounds(curves.get(m), target) for m in METHODS),
+                ]
+            )
     return table(["dataset", "partition", "target accuracy", *METHODS], body)
 
 
@@ -220,27 +279,41 @@ def capacity_table(rows: Mapping[int, Mapping[str, tuple[float, float]]]) -> str
 
 def ablation_rows(runs: Runs) -> list[list[str]]:
     """(ablation, setting, method, accuracy, load CV/round, cumulative CV, seeds)."""
+
     def row(name: str, setting: str, chosen: Sequence[Mapping[str, Any]]) -> list[str] | None:
         if not chosen:
             return None
         s = [r["summary"] for r in chosen]
-        return [name, setting, chosen[0]["method"], fmt(*mean_std([x["accuracy"] for x in s])),
-                fmt(*mean_std([x["load-cv"] for x in s]), 3), fmt(*mean_std([x["cumulative-load-cv"] for x in s]), 3),
-                ", ".join(str(r["seed"]) for r in chosen)]
+        return [
+            name,
+            setting,
+            chosen[0]["method"],
+            fmt(*mean_std([x["accuracy"] for x in s])),
+            fmt(*mean_std([x["load-cv"] for x in s]), 3),
+            fmt(*mean_std([x["cumulative-load-cv"] for x in s]), 3),
+            ", ".join(str(r["seed"]) for r in chosen),
+        ]
 
     reference = runs.select("main", "flexmoe", **REFERENCE)
     specs: list[tuple[str, str, list[Mapping[str, Any]]]] = [
         ("reference (main grid)", "fitness accuracy, ema-beta 0.5, load-slack 0, deficit-weight 0.1", reference),
-        ("fitness", "loss", runs.select("fitness-loss", "flexmoe"))]
+        ("fitness", "loss", runs.select("fitness-loss", "flexmoe")),
+    ]
     for beta in (0.2, 0.8):
         specs.append(("ema-beta", str(beta), runs.select("ema-beta", "flexmoe", **{"ema-beta": beta})))
     for slack in (0.25, 0.5):
         specs.append(("load-slack", str(slack), runs.select("load-slack", "flexmoe", **{"load-slack": slack})))
     for weight in (0.0, 0.1, 0.5):
-        specs.append(("partial participation (100 clients, 10/round)", f"deficit-weight {weight}",
-                      runs.select("partial-deficit", "flexmoe", **{"deficit-weight": weight})))
-    specs.append(("partial participation (100 clients, 10/round)", "greedy reference",
-                  runs.select("partial-greedy", "greedy")))
+        specs.append(
+            (
+                "partial participation (100 clients, 10/round)",
+                f"deficit-weight {weight}",
+                runs.select("partial-deficit", "flexmoe", **{"deficit-weight": weight}),
+            )
+        )
+    specs.append(
+        ("partial participation (100 clients, 10/round)", "greedy reference", runs.select("partial-greedy", "greedy"))
+    )
     for method in ("flexmoe", "greedy"):
         specs.append(("heterogeneous capacities", "1,2,4 cycled, top-r 1", runs.select("heterogeneous", method)))
     for method in ("flexmoe", "greedy"):
@@ -249,6 +322,7 @@ def ablation_rows(runs: Runs) -> list[list[str]]:
 
 
 # ------------------------------------------------------------------ figures
+
 
 def _plt():
     import matplotlib
@@ -319,8 +393,15 @@ def capacity_figure(rows: Mapping[int, Mapping[str, tuple[float, float]]], path:
         if method == "dense" or not points:
             continue
         ks, means, stds = zip(*points)
-        ax.errorbar(ks, means, yerr=[0 if math.isnan(s) else s for s in stds], marker="o", capsize=3,
-                    label=method, color=COLOURS[method])
+        ax.errorbar(
+            ks,
+            means,
+            yerr=[0 if math.isnan(s) else s for s in stds],
+            marker="o",
+            capsize=3,
+            label=method,
+            color=COLOURS[method],
+        )
     ax.set_xlabel("capacity k (experts held of E = 8)")
     ax.set_ylabel("final accuracy")
     ax.set_xticks(sorted(rows))
@@ -331,8 +412,10 @@ def capacity_figure(rows: Mapping[int, Mapping[str, tuple[float, float]]], path:
 
 
 def partial_figure(runs: Runs, path: Path) -> str | None:
-    groups = [("flexmoe, deficit-weight " + str(w), runs.select("partial-deficit", "flexmoe", **{"deficit-weight": w}))
-              for w in (0.0, 0.1, 0.5)] + [("greedy", runs.select("partial-greedy", "greedy"))]
+    groups = [
+        ("flexmoe, deficit-weight " + str(w), runs.select("partial-deficit", "flexmoe", **{"deficit-weight": w}))
+        for w in (0.0, 0.1, 0.5)
+    ] + [("greedy", runs.select("partial-greedy", "greedy"))]
     groups = [(label, chosen) for label, chosen in groups if chosen]
     if not groups:
         return None
@@ -355,6 +438,7 @@ def partial_figure(runs: Runs, path: Path) -> str | None:
 
 # ------------------------------------------------------------------ the report
 
+
 def reading(rows: Sequence[Mapping[str, Any]], runs: Runs) -> list[str]:
     """Plain sentences generated from the verdicts and the balance figures."""
     by_verdict: dict[str, list[str]] = defaultdict(list)
@@ -362,31 +446,47 @@ def reading(rows: Sequence[Mapping[str, Any]], runs: Runs) -> list[str]:
         name = f"{row['dataset']} {PARTITION_NAMES.get(row['partition'], row['partition'])}"
         gap = row["gap"][0]
         by_verdict[row["verdict"]].append(name if math.isnan(gap) else f"{name} ({gap:+.4f})")
-    lines = [f"- FLEX-MoE **wins** against greedy (paired gap above the seed spread) on: "
-             f"{'; '.join(by_verdict['win']) or 'none of the settings'}.",
-             f"- It **ties** (gap within the spread) on: {'; '.join(by_verdict['tie']) or 'none'}.",
-             f"- It **loses** on: {'; '.join(by_verdict['loss']) or 'none'}."]
+    lines = [
+        f"- FLEX-MoE **wins** against greedy (paired gap above the seed spread) on: "
+        f"{'; '.join(by_verdict['win']) or 'none of the settings'}.",
+        f"- It **ties** (gap within the spread) on: {'; '.join(by_verdict['tie']) or 'none'}.",
+        f"- It **loses** on: {'; '.join(by_verdict['loss']) or 'none'}.",
+    ]
     undecided = [v for v in by_verdict if v.startswith("n/a")]
     if undecided:
-        lines.append("- Not yet decidable (fewer than 2 paired seeds): "
-                     f"{'; '.join(x for v in undecided for x in by_verdict[v])}.")
+        lines.append(
+            "- Not yet decidable (fewer than 2 paired seeds): "
+            f"{'; '.join(x for v in undecided for x in by_verdict[v])}."
+        )
     for method in ("flexmoe", "greedy"):
         chosen = [r["summary"] for r in runs.select("main", method)]
         if chosen:
-            lines.append(f"- {method}: load CV per round {np.mean([s['load-cv'] for s in chosen]):.3f}, cumulative "
-                         f"{np.mean([s['cumulative-load-cv'] for s in chosen]):.3f} (mean over {len(chosen)} runs).")
-    rising = [r["curves"]["accuracy"][-1] - r["curves"]["accuracy"][-6] for r in runs.select("main", "flexmoe")
-              if len(r["curves"]["accuracy"]) >= 6]
+            lines.append(
+                f"- {method}: load CV per round {np.mean([s['load-cv'] for s in chosen]):.3f}, cumulative "
+                f"{np.mean([s['cumulative-load-cv'] for s in chosen]):.3f} (mean over {len(chosen)} runs)."
+            )
+    rising = [
+        r["curves"]["accuracy"][-1] - r["curves"]["accuracy"][-6]
+        for r in runs.select("main", "flexmoe")
+        if len(r["curves"]["accuracy"]) >= 6
+    ]
     if rising:
         gain = float(np.mean(rising))
-        lines.append(f"- Over its last 5 rounds FLEX-MoE's accuracy still changed by {gain:+.4f} on average "
-                     + ("(the curves have not flattened: longer runs would raise every method's figures)."
-                        if gain > 0.01 else "(the curves have flattened)."))
+        lines.append(
+            f"- Over its last 5 rounds FLEX-MoE's accuracy still changed by {gain:+.4f} on average "
+            + (
+                "(the curves have not flattened: longer runs would raise every method's figures)."
+                if gain > 0.01
+                else "(the curves have flattened)."
+            )
+        )
     dense = [r["summary"]["accuracy"] for r in runs.select("main", "dense")]
     flex = [r["summary"]["accuracy"] for r in runs.select("main", "flexmoe")]
     if dense and flex:
-        lines.append(f"- Dense (all 8 experts, no capacity limit) averages {np.mean(dense):.4f} against FLEX-MoE's "
-                     f"{np.mean(flex):.4f} over the main grid: the price of holding 2 of 8 experts.")
+        lines.append(
+            f"- Dense (all 8 experts, no capacity limit) averages {np.mean(dense):.4f} against FLEX-MoE's "
+            f"{np.mean(flex):.4f} over the main grid: the price of holding 2 of 8 experts."
+        )
     return lines
 
 
@@ -400,14 +500,22 @@ def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path
     partitions = list(dict.fromkeys(c.overrides["partition"] for c in main_cells))
     rows = main_rows(runs, datasets, partitions)
     rel = lambda name: f"{figures.relative_to(out.parent).as_posix()}/{name}"  # noqa: E731
-    figs = [curves_figure(runs, d, partitions, "accuracy", "accuracy", figures / f"accuracy_{d}.png")
-            for d in datasets if runs.select("main", dataset=d)]
-    load_figs = [curves_figure(runs, d, partitions, "load-cv", "expert-load CV", figures / f"load_cv_{d}.png")
-                 for d in datasets if runs.select("main", dataset=d)]
+    figs = [
+        curves_figure(runs, d, partitions, "accuracy", "accuracy", figures / f"accuracy_{d}.png")
+        for d in datasets
+        if runs.select("main", dataset=d)
+    ]
+    load_figs = [
+        curves_figure(runs, d, partitions, "load-cv", "expert-load CV", figures / f"load_cv_{d}.png")
+        for d in datasets
+        if runs.select("main", dataset=d)
+    ]
     capacity = capacity_rows(runs)
-    extra = {"heatmap": heatmap_figure(runs, figures / "heatmap_fashion-mnist_dirichlet.png"),
-             "capacity": capacity_figure(capacity, figures / "accuracy_vs_k.png"),
-             "partial": partial_figure(runs, figures / "partial_participation.png")}
+    extra = {
+        "heatmap": heatmap_figure(runs, figures / "heatmap_fashion-mnist_dirichlet.png"),
+        "capacity": capacity_figure(capacity, figures / "accuracy_vs_k.png"),
+        "partial": partial_figure(runs, figures / "partial_participation.png"),
+    }
     base = cells[0].overrides if cells else {}
     text = [
         "# Results: FLEX-MoE against greedy, random, static and dense",
@@ -415,7 +523,8 @@ def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path
         f"Generated by `python -m flexmoe_core.report` from the {len(runs.all)} run summaries in "
         f"`{summaries_dir.relative_to(ROOT) if summaries_dir.is_relative_to(ROOT) else summaries_dir}/` "
         f"(grid: `{study_file.relative_to(ROOT) if study_file.is_relative_to(ROOT) else study_file}`, run with "
-        "`python -m server_app.sweep`; any single cell re-runs with `python -m server_app.sweep --only <cell> --force`). "
+        "`python -m server_app.sweep`; any single cell re-runs with "
+        "`python -m server_app.sweep --only <cell> --force`). "
         f"Cells done: {len(cells) - len(missing)} of {len(cells)}. Total wall time of these runs on the "
         f"2-core reference machine: {runs.wall_seconds / 3600:.2f} h (sum of per-run wall times, start-up included).",
         "",
@@ -471,8 +580,10 @@ def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path
         "20 clients drawn once from the seed (`eval-cohort = 20`), each evaluated with the experts the method "
         "would give it that round, so the curve compares the same clients in every round.",
         "",
-        table(["ablation", "setting", "method", "accuracy", "load CV/round", "cumulative CV", "seeds"],
-              ablation_rows(runs)),
+        table(
+            ["ablation", "setting", "method", "accuracy", "load CV/round", "cumulative CV", "seeds"],
+            ablation_rows(runs),
+        ),
         "",
         *([f"![partial participation]({rel(extra['partial'])})", ""] if extra["partial"] else []),
         "## Beside the source paper",
@@ -485,15 +596,21 @@ def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path
         "cifar10, emnist and gtsrb are supported by the data loader but have no offline copy on the reference "
         "machine, so they are not in this study. With the data (or network access) a user runs, for example:",
         "",
-        *(f"- {name}: `python -m server_app.experiment --methods flexmoe,greedy,random,static,dense {args}`"
-          for name, args in NOT_OFFLINE.items()),
+        *(
+            f"- {name}: `python -m server_app.experiment --methods flexmoe,greedy,random,static,dense {args}`"
+            for name, args in NOT_OFFLINE.items()
+        ),
         "",
         "or adds the dataset to `vary` in a copy of `conf/study.toml` and runs the sweep on it.",
         "",
         "## Missing cells",
         "",
-        (f"{len(missing)} cell(s) of the grid have no summary yet (the sweep resumes them): "
-         + ", ".join(f"`{c.id}`" for c in missing)) if missing else "None: every cell of the grid has a summary.",
+        (
+            f"{len(missing)} cell(s) of the grid have no summary yet (the sweep resumes them): "
+            + ", ".join(f"`{c.id}`" for c in missing)
+        )
+        if missing
+        else "None: every cell of the grid has a summary.",
         "",
     ]
     out.write_text("\n".join(text))

@@ -47,7 +47,7 @@ def save_checkpoint(path: Path, arrays: Mapping[str, np.ndarray], state: Mapping
     buffer = io.BytesIO()
     payload = {f"array/{key}": value for key, value in arrays.items()}
     payload["state.json"] = np.frombuffer(json.dumps(state).encode(), dtype=np.uint8)
-    np.savez(buffer, **payload)
+    np.savez(buffer, allow_pickle=False, **payload)
     atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -56,7 +56,7 @@ def load_checkpoint(path: Path) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}: start without `resume` or point results-dir at a run")
     with np.load(path, allow_pickle=False) as data:
-        arrays = {key[len("array/"):]: data[key] for key in data.files if key.startswith("array/")}
+        arrays = {key[len("array/") :]: data[key] for key in data.files if key.startswith("array/")}
         state = json.loads(data["state.json"].tobytes().decode())
     return arrays, state
 
@@ -86,8 +86,9 @@ class ResultsWriter:
             atomic_write_json(self.directory / "final_assignment.json", history[-1])
         atomic_write_json(self.directory / "fitness.json", dict(fitness))
 
-    def write_plots(self, rounds: Sequence[Mapping[str, Any]], history: Sequence[Mapping[str, Any]],
-                    num_experts: int, title: str) -> list[Path]:
+    def write_plots(
+        self, rounds: Sequence[Mapping[str, Any]], history: Sequence[Mapping[str, Any]], num_experts: int, title: str
+    ) -> list[Path]:
         from flexmoe_core import plots  # matplotlib is only loaded when plotting
 
         return plots.write_all(self.directory, rounds, history, num_experts, title)

@@ -41,8 +41,15 @@ from flexmoe_core.aggregation import ClientUpdate, State, aggregate, expert_of
 ROBUST_METHODS = ("none", "norm-clip", "trimmed-mean", "median")
 
 
-def robust_aggregate(global_state: State, updates: Sequence[ClientUpdate], num_experts: int, method: str = "none",
-                     *, trim_fraction: float = 0.2, clip_factor: float = 2.0) -> dict[str, np.ndarray]:
+def robust_aggregate(
+    global_state: State,
+    updates: Sequence[ClientUpdate],
+    num_experts: int,
+    method: str = "none",
+    *,
+    trim_fraction: float = 0.2,
+    clip_factor: float = 2.0,
+) -> dict[str, np.ndarray]:
     """The new global state under the chosen defence (see the module docstring)."""
     if method not in ROBUST_METHODS:
         raise ValueError(f"robust aggregation must be one of {ROBUST_METHODS}, got {method!r}")
@@ -75,8 +82,10 @@ def trim_count(holders: int, trim_fraction: float) -> int:
 def clip_updates(global_state: State, updates: Sequence[ClientUpdate], clip_factor: float) -> list[ClientUpdate]:
     """Each client's update clipped per group to clip_factor x the pooled median norm of its kind."""
     norms = {(i, g): _update_norm(global_state, u, g) for i, u in enumerate(updates) for g in _held_groups(u)}
-    bound = {kind: clip_factor * float(np.median([n for (_, g), n in norms.items() if _kind(g) == kind]))
-             for kind in {_kind(g) for _, g in norms}}
+    bound = {
+        kind: clip_factor * float(np.median([n for (_, g), n in norms.items() if _kind(g) == kind]))
+        for kind in {_kind(g) for _, g in norms}
+    }
     clipped = []
     for i, update in enumerate(updates):
         state = dict(update.state)
@@ -125,9 +134,12 @@ def _groups(updates: Sequence[ClientUpdate]) -> dict[str, list[int]]:
 
 
 def _update_norm(global_state: State, update: ClientUpdate, group: str) -> float:
-    squares = sum(float(np.sum((np.asarray(update.state[k], dtype=np.float64)
-                                - np.asarray(global_state[k], dtype=np.float64)) ** 2))
-                  for k in _keys(update, group))
+    squares = sum(
+        float(
+            np.sum((np.asarray(update.state[k], dtype=np.float64) - np.asarray(global_state[k], dtype=np.float64)) ** 2)
+        )
+        for k in _keys(update, group)
+    )
     return math.sqrt(squares)
 
 
@@ -140,7 +152,7 @@ def _coordinatewise(stack: np.ndarray, method: str, trim_fraction: float) -> np.
     if count == 0:
         return np.median(stack, axis=0) if holders >= 3 else None
     ordered = np.sort(stack, axis=0)
-    return ordered[count:holders - count].mean(axis=0)
+    return ordered[count : holders - count].mean(axis=0)
 
 
 def _cast(value: np.ndarray, dtype: np.dtype) -> np.ndarray:

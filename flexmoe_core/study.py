@@ -48,8 +48,7 @@ def expand(study: dict[str, Any]) -> list[Cell]:
         methods = group.get("methods", [])
         unknown = [m for m in methods if m not in ASSIGNMENT_METHODS]
         if not methods or unknown:
-            raise SystemExit(f"study file: group {name!r} methods must be some of {ASSIGNMENT_METHODS}, "
-                             f"got {methods}")
+            raise SystemExit(f"study file: group {name!r} methods must be some of {ASSIGNMENT_METHODS}, got {methods}")
         vary = group.get("vary", {})
         seeds = group.get("seeds", meta.get("seeds", [42]))
         clients = group.get("num-supernodes", meta.get("num-supernodes", 10))

@@ -64,8 +64,16 @@ class EvalResult:
     accuracy: float
 
 
-def train_local(model: MoEClassifier, dataset: Dataset, *, epochs: int, batch_size: int, lr: float,
-                seed: int, device: torch.device | str = "cpu") -> TrainResult:
+def train_local(
+    model: MoEClassifier,
+    dataset: Dataset,
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: torch.device | str = "cpu",
+) -> TrainResult:
     """SGD (momentum 0.9) on the cross-entropy of the mixture output, in place on ``model``.
 
     Deterministic given ``seed``: the shuffling uses its own torch.Generator (the model
@@ -105,8 +113,9 @@ def train_local(model: MoEClassifier, dataset: Dataset, *, epochs: int, batch_si
 
 
 @torch.no_grad()
-def evaluate(model: MoEClassifier, dataset: Dataset, *, batch_size: int,
-             device: torch.device | str = "cpu") -> EvalResult:
+def evaluate(
+    model: MoEClassifier, dataset: Dataset, *, batch_size: int, device: torch.device | str = "cpu"
+) -> EvalResult:
     """Mean cross-entropy and accuracy of the mixture output on ``dataset``.
 
     An empty dataset gives (0, 0.0, 0.0): with weight num_examples = 0 it cannot move an
@@ -144,8 +153,11 @@ class _FeedbackTotals:
     def add(self, mixture_logits: torch.Tensor, routing: Routing, labels: torch.Tensor) -> None:
         own = routing.expert_logits.detach()  # (B, k, C): each held expert alone
         batch, held, classes = own.shape
-        own_loss = F.cross_entropy(own.reshape(-1, classes), labels.repeat_interleave(held),
-                                   reduction="none").view(batch, held).double()
+        own_loss = (
+            F.cross_entropy(own.reshape(-1, classes), labels.repeat_interleave(held), reduction="none")
+            .view(batch, held)
+            .double()
+        )
         own_correct = (own.argmax(dim=2) == labels[:, None]).double()
         selected = routing.selected_mask().double()  # (B, k): sample in D[c, e]
         held_ids = torch.tensor(routing.held_experts, dtype=torch.long, device=self.usage.device)

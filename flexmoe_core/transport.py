@@ -70,9 +70,7 @@ _DAMPING = 0.85
 _ABOVE_ALL = 4.0
 
 
-def solve_balanced_assignment(
-    weights: np.ndarray, capacity: np.ndarray, l_min: int, l_max: int
-) -> np.ndarray:
+def solve_balanced_assignment(weights: np.ndarray, capacity: np.ndarray, l_min: int, l_max: int) -> np.ndarray:
     """Exact maximiser of ``sum(w * x)`` with row sums ``capacity`` and column sums
     in ``[l_min, l_max]`` over 0/1 matrices ``x``.
 
@@ -106,9 +104,7 @@ def solve_balanced_assignment(
 # ---------------------------------------------------------------------------------------
 
 
-def _validated(
-    weights: np.ndarray, capacity: np.ndarray, l_min: int, l_max: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _validated(weights: np.ndarray, capacity: np.ndarray, l_min: int, l_max: int) -> tuple[np.ndarray, np.ndarray]:
     """Return float64 weights and int64 capacities, or raise ValueError."""
     w = np.asarray(weights, dtype=np.float64)
     if w.ndim != 2 or w.shape[1] == 0:
@@ -150,9 +146,7 @@ def _wrap_around_offsets(k: np.ndarray, n_experts: int) -> np.ndarray:
     return (np.cumsum(k) - k) % n_experts
 
 
-def _row_thresholds(
-    reduced: np.ndarray, k: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _row_thresholds(reduced: np.ndarray, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per row: the k_c-th largest value, the (k_c+1)-th largest (-inf where k_c = E),
     and the indices of rows where another entry equals the k_c-th largest (a tie that
     makes "the top k_c" ambiguous).  A full row sort is several times faster than
@@ -168,9 +162,7 @@ def _row_thresholds(
     return kth, next_value, np.flatnonzero(tied)
 
 
-def _break_ties(
-    reduced: np.ndarray, k: np.ndarray, kth: np.ndarray, offsets: np.ndarray
-) -> np.ndarray:
+def _break_ties(reduced: np.ndarray, k: np.ndarray, kth: np.ndarray, offsets: np.ndarray) -> np.ndarray:
     """Top-k_c rows (bool) where entries equal to the k_c-th largest are taken round-robin
     starting at column offsets[c]."""
     n_cols = reduced.shape[1]
@@ -190,9 +182,7 @@ def _top_k(reduced: np.ndarray, k: np.ndarray, offsets: np.ndarray) -> np.ndarra
     kth, _, tied_rows = _row_thresholds(reduced, k)
     chosen = reduced >= kth[:, None]
     if tied_rows.size:
-        chosen[tied_rows] = _break_ties(
-            reduced[tied_rows], k[tied_rows], kth[tied_rows], offsets[tied_rows]
-        )
+        chosen[tied_rows] = _break_ties(reduced[tied_rows], k[tied_rows], kth[tied_rows], offsets[tied_rows])
     return chosen
 
 
@@ -204,9 +194,7 @@ def _load_violation(load: np.ndarray, low: np.ndarray | int, high: np.ndarray | 
     return int(max(excess, shortfall))
 
 
-def _warm_start_prices(
-    w: np.ndarray, k: np.ndarray, l_min: int, l_max: int, offsets: np.ndarray
-) -> np.ndarray:
+def _warm_start_prices(w: np.ndarray, k: np.ndarray, l_min: int, l_max: int, offsets: np.ndarray) -> np.ndarray:
     """Approximate optimal expert prices by damped Jacobi coordinate steps on the dual.
 
     The LP dual is min_p sum_c top-k_c(w_c - p) + sum_e h_e(p_e), with h_e(p) = l_max*p
@@ -228,9 +216,7 @@ def _warm_start_prices(
     w32_by_expert = np.ascontiguousarray(w32.T)  # per-expert work is contiguous
     prices = np.zeros(n_experts, dtype=np.float32)
     best_prices, best_residual = prices, None
-    break_even_units = (n_clients * n_experts) / (
-        n_clients + _SHORTEST_PATH_COST_PER_EXPERT_PAIR * n_experts**2
-    )
+    break_even_units = (n_clients * n_experts) / (n_clients + _SHORTEST_PATH_COST_PER_EXPERT_PAIR * n_experts**2)
     previous_residual = None
     for iteration in range(_MAX_PRICE_ITERATIONS):
         kth, next_value, tied_rows = _row_thresholds(w32 - prices[None, :], k)
@@ -244,7 +230,8 @@ def _warm_start_prices(
         # Distance from optimality: loads outside the bounds, and priced experts away
         # from the bound their price sign asks for (what the polish phase would move).
         residual = _load_violation(
-            load, np.where(prices < 0, l_min, np.where(prices > 0, l_max, l_min)),
+            load,
+            np.where(prices < 0, l_min, np.where(prices > 0, l_max, l_min)),
             np.where(prices > 0, l_max, np.where(prices < 0, l_min, l_max)),
         )
         if best_residual is None or residual < best_residual:
@@ -265,9 +252,7 @@ def _warm_start_prices(
     return best_prices.astype(np.float64) * unit
 
 
-def _coordinate_prices(
-    margin: np.ndarray, l_min: int, l_max: int, prices: np.ndarray, total: int
-) -> np.ndarray:
+def _coordinate_prices(margin: np.ndarray, l_min: int, l_max: int, prices: np.ndarray, total: int) -> np.ndarray:
     """Jacobi coordinate prices with a common anchor theta, returned relative to it.
 
     Expert e at price q would get count_e(q) = #{margin[e] > q} clients.  Its coordinate
@@ -283,10 +268,13 @@ def _coordinate_prices(
     the pool and the bound prices (far cheaper than sorting)."""
     n_experts, n_clients = margin.shape
     upper = min(l_max, n_clients)  # nobody can have more than every client
-    ranks = np.unique(np.clip(
-        [n_clients - upper - 1, n_clients - upper, n_clients - l_min - 1, n_clients - l_min],
-        0, n_clients - 1,
-    ))
+    ranks = np.unique(
+        np.clip(
+            [n_clients - upper - 1, n_clients - upper, n_clients - l_min - 1, n_clients - l_min],
+            0,
+            n_clients - 1,
+        )
+    )
     ordered = np.partition(margin, ranks, axis=1)
     # +inf margins (clients holding every expert) stand in as a finite "above all".
     pool = np.minimum(ordered[:, n_clients - upper : n_clients - l_min], _ABOVE_ALL).ravel()

@@ -84,7 +84,7 @@ def _become_subreaper() -> None:
 
 def _reap() -> dict[int, int]:
     """Collect every exited child (orphans re-parented here included); pid -> exit code."""
-    exited = {}
+    exited: dict[int, int] = {}
     while True:
         try:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -152,8 +152,10 @@ def watch(command: list[str], owner: Owner, grace: float) -> int:
             stop_tree(grace, first=child.pid)
             return 128 + stopping[0]
         if not owner.alive():
-            _say(f"watchdog: owner {owner.pid} is gone; stopping {command[0]} (pid {child.pid}) and its "
-                 f"{len(descendants(os.getpid())) - 1} descendant(s)")
+            _say(
+                f"watchdog: owner {owner.pid} is gone; stopping {command[0]} (pid {child.pid}) and its "
+                f"{len(descendants(os.getpid())) - 1} descendant(s)"
+            )
             stop_tree(grace)
             return 128 + signal.SIGTERM
         time.sleep(POLL_SECONDS)
@@ -177,8 +179,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def wrap(command: list[str], owner: int | None = None, grace: float = 10.0) -> list[str]:
     """`command` run under the watchdog of `owner` (default: this process)."""
-    return [sys.executable, "-m", "flexmoe_core.watchdog", "--owner", str(owner or os.getpid()),
-            "--grace", str(grace), "--", *command]
+    return [
+        sys.executable,
+        "-m",
+        "flexmoe_core.watchdog",
+        "--owner",
+        str(owner or os.getpid()),
+        "--grace",
+        str(grace),
+        "--",
+        *command,
+    ]
 
 
 if __name__ == "__main__":

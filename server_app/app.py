@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
@@ -35,9 +34,16 @@ def main(grid: Grid, context: Context) -> None:
 def initial_global_state(settings: Settings, *, seed: int) -> dict[str, Any]:
     """The global model (extractor + all E experts) these settings describe, from `seed`."""
     shape = dataset_shape(settings.dataset)
-    return build_global_state(settings.num_experts, num_classes=shape.num_classes, in_channels=shape.in_channels,
-                              image_size=shape.image_size, arch=settings.model, top_r=settings.top_r,
-                              expert_hidden=settings.expert_hidden, seed=seed)
+    return build_global_state(
+        settings.num_experts,
+        num_classes=shape.num_classes,
+        in_channels=shape.in_channels,
+        image_size=shape.image_size,
+        arch=settings.model,
+        top_r=settings.top_r,
+        expert_hidden=settings.expert_hidden,
+        seed=seed,
+    )
 
 
 class FederatedRun:
@@ -58,8 +64,7 @@ class FederatedRun:
     def execute(self) -> None:
         s = self.settings
         self.strategy.summary()
-        log.info("results -> %s (rounds %d..%d)", Path(s.results_dir).resolve(), self.first_round,
-                 s.num_server_rounds)
+        log.info("results -> %s (rounds %d..%d)", Path(s.results_dir).resolve(), self.first_round, s.num_server_rounds)
         started = time.perf_counter()
         for server_round in range(self.first_round, s.num_server_rounds + 1):
             row = self._round(server_round)
@@ -67,11 +72,22 @@ class FederatedRun:
             self.rounds.append(row)
             self.history.append(self.strategy.assignment_record(server_round))
             self._persist(server_round)
-            log.info("[round %d/%d] accuracy %.4f (p10 %.4f) | load CV %.3f (cumulative %.3f), routed CV %.3f"
-                     " | clients %d/%d ok | solve %.3fs, round %.1fs, elapsed %.0fs", server_round,
-                     s.num_server_rounds, row.get("accuracy", float("nan")), row.get("accuracy-p10", float("nan")),
-                     row["load-cv"], row["cumulative-load-cv"], row["routed-load-cv"], row["num-completed"],
-                     row["num-sampled"], row["solve-seconds"], row["round-seconds"], time.perf_counter() - started)
+            log.info(
+                "[round %d/%d] accuracy %.4f (p10 %.4f) | load CV %.3f (cumulative %.3f), routed CV %.3f"
+                " | clients %d/%d ok | solve %.3fs, round %.1fs, elapsed %.0fs",
+                server_round,
+                s.num_server_rounds,
+                row.get("accuracy", float("nan")),
+                row.get("accuracy-p10", float("nan")),
+                row["load-cv"],
+                row["cumulative-load-cv"],
+                row["routed-load-cv"],
+                row["num-completed"],
+                row["num-sampled"],
+                row["solve-seconds"],
+                row["round-seconds"],
+                time.perf_counter() - started,
+            )
         log.info("run finished: %d rounds, results in %s", len(self.rounds), Path(s.results_dir).resolve())
 
     def _round(self, server_round: int) -> dict[str, Any]:
@@ -143,15 +159,31 @@ class FederatedRun:
 
 
 # Settings that change what the checkpoint means; the rest (rounds, timeouts, ...) may differ on resume.
-_RESUME_MUST_MATCH = ("num-experts", "model", "dataset", "partition", "dirichlet-alpha", "classes-per-client",
-                      "assignment", "fitness", "seed", "top-r", "max-samples-per-client",
-                      "robust-aggregation", "attack", "attack-clients")
+_RESUME_MUST_MATCH = (
+    "num-experts",
+    "model",
+    "dataset",
+    "partition",
+    "dirichlet-alpha",
+    "classes-per-client",
+    "assignment",
+    "fitness",
+    "seed",
+    "top-r",
+    "max-samples-per-client",
+    "robust-aggregation",
+    "attack",
+    "attack-clients",
+)
 
 
 def _check_compatible(saved: dict[str, Any], settings: Settings) -> None:
     current = settings.to_run_config()
-    different = [f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}" for k in _RESUME_MUST_MATCH
-                 if saved.get(k) != current[k]]
+    different = [
+        f"{k}: checkpoint {saved.get(k)!r}, now {current[k]!r}"
+        for k in _RESUME_MUST_MATCH
+        if saved.get(k) != current[k]
+    ]
     if different:
         raise ValueError("cannot resume: settings differ from the checkpoint's:\n  " + "\n  ".join(different))
 

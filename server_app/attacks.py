@@ -30,8 +30,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--defences", default=",".join(ROBUST_METHODS), help="from " + ", ".join(ROBUST_METHODS))
     parser.add_argument("--num-supernodes", type=int, default=10)
     parser.add_argument("--out", type=Path, default=APP_DIR / "results" / "attacks", help="each run's results")
-    parser.add_argument("--summary-dir", type=Path, default=APP_DIR / "docs" / "attacks",
-                        help="summary.json / summary.csv (committed; cells already there are skipped)")
+    parser.add_argument(
+        "--summary-dir",
+        type=Path,
+        default=APP_DIR / "docs" / "attacks",
+        help="summary.json / summary.csv (committed; cells already there are skipped)",
+    )
     return parser.parse_args(argv)
 
 
@@ -56,8 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def _run_all(todo: list[tuple[str, str]], base: dict[str, Any], out: Path, summary_dir: Path,
-             rows: dict[str, dict[str, Any]], num_supernodes: int) -> bool:
+def _run_all(
+    todo: list[tuple[str, str]],
+    base: dict[str, Any],
+    out: Path,
+    summary_dir: Path,
+    rows: dict[str, dict[str, Any]],
+    num_supernodes: int,
+) -> bool:
     with SimulationSuperLink(num_supernodes) as superlink:
         for done, (attack, defence) in enumerate(todo, 1):
             name = f"{attack}/{defence}"
@@ -79,8 +89,10 @@ def _run_all(todo: list[tuple[str, str]], base: dict[str, Any], out: Path, summa
 def format_table(rows: dict[str, dict[str, Any]], attacks: list[str], defences: list[str]) -> str:
     """Final accuracy, one row per attack, one column per defence."""
     header = ["attack \\ defence", *defences]
-    body = [[attack, *(f"{rows[f'{attack}/{d}']['accuracy']:.4f}" if f"{attack}/{d}" in rows else "-"
-                       for d in defences)] for attack in ["none", *attacks]]
+    body = [
+        [attack, *(f"{rows[f'{attack}/{d}']['accuracy']:.4f}" if f"{attack}/{d}" in rows else "-" for d in defences)]
+        for attack in ["none", *attacks]
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])

@@ -13,9 +13,10 @@ import io
 import json
 import sys
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from flexmoe_core.config import ASSIGNMENT_METHODS, Settings
 from flexmoe_core.results import atomic_write_bytes, atomic_write_json
@@ -26,14 +27,26 @@ APP_DIR = Path(__file__).resolve().parents[1]
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=APP_DIR / "conf" / "main.toml",
-                        help="TOML file of run-config overrides (same keys as [tool.flwr.app.config])")
-    parser.add_argument("--methods", default="flexmoe,greedy",
-                        help=f"comma-separated assignment methods from {', '.join(ASSIGNMENT_METHODS)}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=APP_DIR / "conf" / "main.toml",
+        help="TOML file of run-config overrides (same keys as [tool.flwr.app.config])",
+    )
+    parser.add_argument(
+        "--methods",
+        default="flexmoe,greedy",
+        help=f"comma-separated assignment methods from {', '.join(ASSIGNMENT_METHODS)}",
+    )
     parser.add_argument("--num-supernodes", type=int, default=10, help="simulated clients")
     parser.add_argument("--out", type=Path, default=APP_DIR / "results" / "main", help="results root")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra run-config override (TOML value), may repeat")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra run-config override (TOML value), may repeat",
+    )
     return parser.parse_args(argv)
 
 
@@ -57,17 +70,16 @@ def main(argv: list[str] | None = None) -> int:
     overrides = load_overrides(args.config, args.set)
     out = args.out.resolve()
     for method in methods:  # fail on bad settings here, not minutes later inside a run
-        Settings.from_run_config({**_defaults(), **overrides, "assignment": method,
-                                  "results-dir": str(out / method)})
+        Settings.from_run_config({**_defaults(), **overrides, "assignment": method, "results-dir": str(out / method)})
     rows = []
     with SimulationSuperLink(args.num_supernodes) as superlink:
         for method in methods:
             print(f"\n=== {method}: {args.num_supernodes} clients, results in {out / method}", flush=True)
-            outcome = superlink.run(APP_DIR, {**overrides, "assignment": method,
-                                              "results-dir": str(out / method)})
+            outcome = superlink.run(APP_DIR, {**overrides, "assignment": method, "results-dir": str(out / method)})
             if not outcome.ok:
-                print(f"run for {method} did not complete (status {outcome.status}); see the log above",
-                      file=sys.stderr)
+                print(
+                    f"run for {method} did not complete (status {outcome.status}); see the log above", file=sys.stderr
+                )
                 return 1
             rows.append(summarise(method, out / method, outcome.seconds))
     write_summary(out, rows, methods)
@@ -85,8 +97,10 @@ def expected_bytes_ratio(settings: Settings) -> float:
     if settings.assignment == "dense":
         return 1.0
     state = initial_global_state(settings, seed=0)
-    ratios = [payload_bytes(select_experts(state, list(range(k)))) / payload_bytes(state)
-              for k in settings.capacities or (settings.capacity,)]
+    ratios = [
+        payload_bytes(select_experts(state, list(range(k)))) / payload_bytes(state)
+        for k in settings.capacities or (settings.capacity,)
+    ]
     return sum(ratios) / len(ratios)
 
 
@@ -135,14 +149,37 @@ def write_summary(out: Path, rows: list[dict[str, Any]], methods: list[str]) -> 
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ["method", "accuracy", "acc p10", "load CV/round", "load CV cumul.", "routed CV", "Jain",
-              "KiB down+up/client/round", "vs dense", "arrays formula", "server share", "wall s"]
-    body = [[r["method"], f"{r['accuracy']:.4f}", f"{r['accuracy-p10']:.4f}", f"{r['load-cv']:.3f}",
-             f"{r['cumulative-load-cv']:.3f}",
-             f"{r['routed-load-cv']:.3f}", f"{r['load-jain']:.3f}", f"{r['bytes-total-per-client'] / 1024:.1f}",
-             f"{r['bytes-total-vs-dense']:.3f}", f"{r['bytes-expected-vs-dense']:.3f}", f"{r['server-overhead']:.1%}",
-             f"{r['wall-seconds']:.0f}"]
-            for r in rows]
+    header = [
+        "method",
+        "accuracy",
+        "acc p10",
+        "load CV/round",
+        "load CV cumul.",
+        "routed CV",
+        "Jain",
+        "KiB down+up/client/round",
+        "vs dense",
+        "arrays formula",
+        "server share",
+        "wall s",
+    ]
+    body = [
+        [
+            r["method"],
+            f"{r['accuracy']:.4f}",
+            f"{r['accuracy-p10']:.4f}",
+            f"{r['load-cv']:.3f}",
+            f"{r['cumulative-load-cv']:.3f}",
+            f"{r['routed-load-cv']:.3f}",
+            f"{r['load-jain']:.3f}",
+            f"{r['bytes-total-per-client'] / 1024:.1f}",
+            f"{r['bytes-total-vs-dense']:.3f}",
+            f"{r['bytes-expected-vs-dense']:.3f}",
+            f"{r['server-overhead']:.1%}",
+            f"{r['wall-seconds']:.0f}",
+        ]
+        for r in rows
+    ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])

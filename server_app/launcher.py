@@ -61,13 +61,21 @@ class RunOutcome:
 class SimulationSuperLink:
     """A SuperLink in simulation mode with a private FLWR_HOME; use as a context manager."""
 
-    def __init__(self, num_supernodes: int, *, num_cpus_per_client: int = 1, flwr_home: str | None = None,
-                 federation_config: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        num_supernodes: int,
+        *,
+        num_cpus_per_client: int = 1,
+        flwr_home: str | None = None,
+        federation_config: Mapping[str, Any] | None = None,
+    ) -> None:
         # Simulation settings travel with each run (`flwr run --federation-config`), Flower 1.41's way.
-        self.federation_config: dict[str, Any] = {"num-supernodes": num_supernodes,
-                                                  "client-resources-num-cpus": num_cpus_per_client,
-                                                  "client-resources-num-gpus": 0.0,
-                                                  **dict(federation_config or {})}
+        self.federation_config: dict[str, Any] = {
+            "num-supernodes": num_supernodes,
+            "client-resources-num-cpus": num_cpus_per_client,
+            "client-resources-num-gpus": 0.0,
+            **dict(federation_config or {}),
+        }
         self._own_home = flwr_home is None
         self.flwr_home = Path(flwr_home or tempfile.mkdtemp(prefix="flexmoe-flwr-home-"))
         # Flower 1.41 serves the Runtime, Control and Fleet APIs on one HTTP port.
@@ -77,8 +85,11 @@ class SimulationSuperLink:
     @property
     def env(self) -> dict[str, str]:
         env = os.environ.copy()
-        env.update(FLWR_HOME=str(self.flwr_home), FLWR_DISABLE_UPDATE_CHECK="1",
-                   FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1")
+        env.update(
+            FLWR_HOME=str(self.flwr_home),
+            FLWR_DISABLE_UPDATE_CHECK="1",
+            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        )
         # The SuperLink's children (ServerApp, simulation) must use this environment's Python.
         env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
         return env
@@ -87,11 +98,29 @@ class SimulationSuperLink:
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         self._write_config()
         log_file = self.flwr_home / "superlink.log"
-        command = [_bin("flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
-                   "--host", "127.0.0.1", "--port", str(self.port), "--database", str(self.flwr_home / "state.db"),
-                   "--disable-runtime-dependency-installation", "--log-file", str(log_file)]
-        self.process = subprocess.Popen(wrap(command, grace=WATCHDOG_GRACE), env=self.env, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        command = [
+            _bin("flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--isolation",
+            "subprocess",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--database",
+            str(self.flwr_home / "state.db"),
+            "--disable-runtime-dependency-installation",
+            "--log-file",
+            str(log_file),
+        ]
+        self.process = subprocess.Popen(
+            wrap(command, grace=WATCHDOG_GRACE),
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         try:
             self._wait_healthy(log_file)
         except BaseException:
@@ -118,8 +147,9 @@ class SimulationSuperLink:
         if self._own_home:
             shutil.rmtree(self.flwr_home, ignore_errors=True)
 
-    def run(self, app_dir: str | Path, run_config: Mapping[str, Any], *, timeout: float = 3600,
-            echo: bool = True) -> RunOutcome:
+    def run(
+        self, app_dir: str | Path, run_config: Mapping[str, Any], *, timeout: float = 3600, echo: bool = True
+    ) -> RunOutcome:
         """Submit one run, stream its logs, and return its final status from the SuperLink."""
         overrides = " ".join(f"{key}={_toml_value(value)}" for key, value in run_config.items())
         federation = " ".join(f"{key}={_toml_value(value)}" for key, value in self.federation_config.items())
@@ -129,8 +159,15 @@ class SimulationSuperLink:
         start = time.perf_counter()
         lines: list[str] = []
         # Own process group, so that a timeout stops `flwr run` and its watchdog with one signal.
-        with subprocess.Popen(wrap(command, grace=WATCHDOG_GRACE), env=self.env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, bufsize=1, start_new_session=True) as proc:
+        with subprocess.Popen(
+            wrap(command, grace=WATCHDOG_GRACE),
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,
+        ) as proc:
             deadline = time.monotonic() + timeout
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -148,8 +185,13 @@ class SimulationSuperLink:
 
     def status(self, run_id: int) -> str:
         """`<status>:<sub-status>` of a run as the SuperLink reports it, e.g. `finished:completed`."""
-        out = subprocess.run([_bin("flwr"), "ls", FEDERATION, "--run-id", str(run_id), "--format", "json"],
-                             env=self.env, capture_output=True, text=True, timeout=60)
+        out = subprocess.run(
+            [_bin("flwr"), "ls", FEDERATION, "--run-id", str(run_id), "--format", "json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         try:
             runs = json.loads(out.stdout).get("runs", [])
         except json.JSONDecodeError:
@@ -157,8 +199,14 @@ class SimulationSuperLink:
         return str(runs[0].get("status", "unknown")) if runs else "unknown"
 
     def _write_config(self) -> None:
-        lines = ["[superlink]", f'default = "{FEDERATION}"', "", f"[superlink.{FEDERATION}]",
-                 f'address = "127.0.0.1:{self.port}"', "insecure = true"]
+        lines = [
+            "[superlink]",
+            f'default = "{FEDERATION}"',
+            "",
+            f"[superlink.{FEDERATION}]",
+            f'address = "127.0.0.1:{self.port}"',
+            "insecure = true",
+        ]
         (self.flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
 
     def _wait_healthy(self, log_file: Path, timeout: float = 60.0) -> None:

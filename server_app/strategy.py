@@ -125,8 +125,13 @@ class FlexMoEStrategy(Strategy):
         self.settings = settings
         self.num_experts = settings.num_experts
         self.global_state = dict(global_state)
-        self.fitness = FitnessTable(settings.num_experts, mode=settings.fitness, ema_beta=settings.ema_beta,
-                                    loss_alpha=settings.loss_alpha, initial=settings.initial_fitness)
+        self.fitness = FitnessTable(
+            settings.num_experts,
+            mode=settings.fitness,
+            ema_beta=settings.ema_beta,
+            loss_alpha=settings.loss_alpha,
+            initial=settings.initial_fitness,
+        )
         self.loads = LoadTracker(settings.num_experts)
         self.run_token = secrets.token_hex(8)
         self.nodes: dict[int, ClientInfo] = {}
@@ -139,13 +144,23 @@ class FlexMoEStrategy(Strategy):
     # ------------------------------------------------------------------ Strategy API
     def summary(self) -> None:
         s = self.settings
-        log.info("FLEX-MoE strategy: assignment=%s solver=%s E=%d capacity=%s fitness=%s beta=%.2f "
-                 "load-slack=%.2f deficit-weight=%.2f fraction-train=%.2f", s.assignment, s.solver,
-                 s.num_experts, s.capacity_profile or s.capacity, s.fitness, s.ema_beta, s.load_slack,
-                 s.deficit_weight, s.fraction_train)
+        log.info(
+            "FLEX-MoE strategy: assignment=%s solver=%s E=%d capacity=%s fitness=%s beta=%.2f "
+            "load-slack=%.2f deficit-weight=%.2f fraction-train=%.2f",
+            s.assignment,
+            s.solver,
+            s.num_experts,
+            s.capacity_profile or s.capacity,
+            s.fitness,
+            s.ema_beta,
+            s.load_slack,
+            s.deficit_weight,
+            s.fraction_train,
+        )
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self.global_state = to_arrays(arrays)
         waited = time.perf_counter()
         ready, discovery_bytes = self.wait_for_clients(grid)
@@ -162,8 +177,9 @@ class FlexMoEStrategy(Strategy):
         self._count_down(self.plan, "train", messages)
         return messages
 
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         plan = self._require_plan()
         accepted: dict[int, Any] = {}
         failed, rejected = 0, 0
@@ -177,41 +193,60 @@ class FlexMoEStrategy(Strategy):
             plan.traffic.up["train"] += message_bytes(reply)
             if reply.has_error():
                 failed += 1
-                log.warning("round %d: client %s failed: %s", server_round, self.nodes[node].client_id,
-                            reply.error.reason)
+                log.warning(
+                    "round %d: client %s failed: %s", server_round, self.nodes[node].client_id, reply.error.reason
+                )
                 continue
             try:
                 arrays, metrics = _train_content(reply)
-                accepted[node] = validate_train_reply(plan.sent[node], arrays, metrics, self.num_experts,
-                                                      declared_examples=self.nodes[node].num_examples)
+                accepted[node] = validate_train_reply(
+                    plan.sent[node], arrays, metrics, self.num_experts, declared_examples=self.nodes[node].num_examples
+                )
                 plan.traffic.dense_extra += self.dense_record_bytes - record_bytes(arrays)
             except ReplyError as err:
                 rejected += 1
-                log.warning("round %d: rejected reply of client %s (node %d): %s", server_round,
-                            self.nodes[node].client_id, node, err)
+                log.warning(
+                    "round %d: rejected reply of client %s (node %d): %s",
+                    server_round,
+                    self.nodes[node].client_id,
+                    node,
+                    err,
+                )
         timed_out = len(plan.node_ids) - len(accepted) - failed - rejected
         if timed_out:
-            log.warning("round %d: %d client(s) did not reply within round-timeout=%.0fs", server_round,
-                        timed_out, self.settings.round_timeout)
+            log.warning(
+                "round %d: %d client(s) did not reply within round-timeout=%.0fs",
+                server_round,
+                timed_out,
+                self.settings.round_timeout,
+            )
         plan.completed = [n for n in plan.node_ids if n in accepted]
         s = self.settings
-        self.global_state = robust_aggregate(self.global_state, [accepted[n].update for n in plan.completed],
-                                             self.num_experts, s.robust_aggregation, trim_fraction=s.trim_fraction,
-                                             clip_factor=s.clip_factor)
+        self.global_state = robust_aggregate(
+            self.global_state,
+            [accepted[n].update for n in plan.completed],
+            self.num_experts,
+            s.robust_aggregation,
+            trim_fraction=s.trim_fraction,
+            clip_factor=s.clip_factor,
+        )
         self._learn_from(plan, accepted)
         plan.metrics = self._train_metrics(plan, accepted, failed, rejected, timed_out)
         return to_record(self.global_state), MetricRecord(plan.metrics)
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         # Personalised evaluation: the new global extractor with the client's experts and its own gate,
         # on its local test split.
         plan = self._require_plan()
         state = to_arrays(arrays)
         targets = self._evaluation_targets(plan, server_round)
         plan.evaluated = [self.nodes[node].client_id for node, _ in targets]
-        messages = [self._message(node, select_experts(state, held), server_round, config, MessageType.EVALUATE)
-                    for node, held in targets]
+        messages = [
+            self._message(node, select_experts(state, held), server_round, config, MessageType.EVALUATE)
+            for node, held in targets
+        ]
         self._count_down(plan, "evaluate", messages)
         return messages
 
@@ -246,29 +281,36 @@ class FlexMoEStrategy(Strategy):
         for reply in replies:
             plan.traffic.up["evaluate"] += message_bytes(reply)
             if reply.has_error():
-                log.warning("round %d: evaluation failed on node %d: %s", server_round,
-                            reply.metadata.src_node_id, reply.error.reason)
+                log.warning(
+                    "round %d: evaluation failed on node %d: %s",
+                    server_round,
+                    reply.metadata.src_node_id,
+                    reply.error.reason,
+                )
                 continue
             try:
                 outcomes.append(validate_eval_reply(dict(reply.content["metrics"])))
             except (ReplyError, KeyError) as err:
-                log.warning("round %d: rejected evaluation of node %d: %s", server_round,
-                            reply.metadata.src_node_id, err)
+                log.warning(
+                    "round %d: rejected evaluation of node %d: %s", server_round, reply.metadata.src_node_id, err
+                )
         traffic = self._traffic_metrics(plan)
         if not outcomes:
-            return MetricRecord(traffic)
+            return MetricRecord(dict(traffic))
         accuracies = np.array([o.accuracy for o in outcomes])
         examples = np.array([o.num_examples for o in outcomes], dtype=float)
         summary = M.accuracy_summary(accuracies, examples)
-        return MetricRecord({
-            "accuracy": float(summary["mean"]),
-            "accuracy-min": float(summary["min"]),
-            "accuracy-p10": float(summary["p10"]),
-            "accuracy-median": float(summary["median"]),
-            "eval-loss": float(np.average([o.loss for o in outcomes], weights=np.maximum(examples, 1e-12))),
-            "num-evaluated": len(outcomes),
-            **traffic,
-        })
+        return MetricRecord(
+            {
+                "accuracy": float(summary["mean"]),
+                "accuracy-min": float(summary["min"]),
+                "accuracy-p10": float(summary["p10"]),
+                "accuracy-median": float(summary["median"]),
+                "eval-loss": float(np.average([o.loss for o in outcomes], weights=np.maximum(examples, 1e-12))),
+                "num-evaluated": len(outcomes),
+                **traffic,
+            }
+        )
 
     # ------------------------------------------------------------------ clients
     def wait_for_clients(self, grid: Grid) -> tuple[list[int], int]:
@@ -288,24 +330,37 @@ class FlexMoEStrategy(Strategy):
                 raise RuntimeError(
                     f"only {len(ready)} usable client(s) connected after node-wait-timeout="
                     f"{self.settings.node_wait_timeout:.0f}s, min-train-nodes={self.settings.min_train_nodes}: "
-                    "start more SuperNodes or lower min-train-nodes")
-            log.info("waiting for clients: %d connected and described, need min-train-nodes=%d",
-                     len(ready), self.settings.min_train_nodes)
+                    "start more SuperNodes or lower min-train-nodes"
+                )
+            log.info(
+                "waiting for clients: %d connected and described, need min-train-nodes=%d",
+                len(ready),
+                self.settings.min_train_nodes,
+            )
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
     def _describe_new(self, grid: Grid, connected: list[int]) -> int:
         new = [n for n in connected if n not in self.nodes and n not in self.refused]
         if not new:
             return 0
-        messages = [Message(RecordDict({"config": ConfigRecord({"num-experts": self.num_experts})}),
-                            message_type=DESCRIBE, dst_node_id=n) for n in new]
+        messages = [
+            Message(
+                RecordDict({"config": ConfigRecord({"num-experts": self.num_experts})}),
+                message_type=DESCRIBE,
+                dst_node_id=n,
+            )
+            for n in new
+        ]
         traffic = sum(message_bytes(m) for m in messages)
         for reply in grid.send_and_receive(messages, timeout=self.settings.round_timeout):
             traffic += message_bytes(reply)
             node = reply.metadata.src_node_id
             try:
-                self.refused[node] = _client_info(reply, self.num_experts,  # admitted by _admit
-                                                  self.settings.max_declared_examples)
+                self.refused[node] = _client_info(
+                    reply,
+                    self.num_experts,  # admitted by _admit
+                    self.settings.max_declared_examples,
+                )
             except (ReplyError, KeyError) as err:
                 log.warning("node %d could not describe itself and is left out: %s", node, err)
         return traffic
@@ -327,22 +382,30 @@ class FlexMoEStrategy(Strategy):
             info = self.refused[node]
             if info.client_id in taken:
                 if node not in self._warned:  # once per node, not once per round
-                    log.warning("node %d claims client-id %r, already used by connected node %d: left out",
-                                node, info.client_id, taken[info.client_id])
+                    log.warning(
+                        "node %d claims client-id %r, already used by connected node %d: left out",
+                        node,
+                        info.client_id,
+                        taken[info.client_id],
+                    )
                     self._warned.add(node)
                 continue
             del self.refused[node]
             self.nodes[node] = info
             taken[info.client_id] = node
-            log.info("client %s joined (node %d, capacity %d, %d examples)", info.client_id, node,
-                     info.capacity, info.num_examples)
+            log.info(
+                "client %s joined (node %d, capacity %d, %d examples)",
+                info.client_id,
+                node,
+                info.capacity,
+                info.num_examples,
+            )
 
     def sample(self, ready: list[int], server_round: int) -> list[int]:
         """Sample participants reproducibly: order by stable client id, draw from this round's own
         stream, so every method samples the same clients in every round."""
         ordered = sorted(ready, key=lambda n: self.nodes[n].client_id)
-        size = min(len(ordered), max(self.settings.min_train_nodes,
-                                     int(len(ordered) * self.settings.fraction_train)))
+        size = min(len(ordered), max(self.settings.min_train_nodes, int(len(ordered) * self.settings.fraction_train)))
         rng = round_rng(self.settings.seed, SAMPLING_STREAM, server_round)
         picked = np.sort(rng.choice(len(ordered), size=size, replace=False))
         return [ordered[i] for i in picked]
@@ -351,8 +414,7 @@ class FlexMoEStrategy(Strategy):
         """The round's (N, E) assignment and the inputs it was decided from."""
         return self._decide(clients, server_round, ASSIGNMENT_STREAM)
 
-    def _decide(self, clients: list[ClientInfo], server_round: int,
-                stream: str) -> tuple[np.ndarray, dict[str, Any]]:
+    def _decide(self, clients: list[ClientInfo], server_round: int, stream: str) -> tuple[np.ndarray, dict[str, Any]]:
         s = self.settings
         ids = [c.client_id for c in clients]
         capacity = np.array([c.capacity for c in clients])
@@ -363,18 +425,23 @@ class FlexMoEStrategy(Strategy):
             return self._static_rows(ids), decision
         # Only FLEX-MoE reads the deficit; the baselines are the textbook rules (see assignment.py).
         uses_deficit = s.assignment == "flexmoe"
-        x = assign(scores, capacity, s.assignment, rng=round_rng(s.seed, stream, server_round),
-                   load_slack=s.load_slack, deficit=deficit if uses_deficit else None,
-                   deficit_weight=s.deficit_weight if uses_deficit else 0.0, solver=s.solver)
+        x = assign(
+            scores,
+            capacity,
+            s.assignment,
+            rng=round_rng(s.seed, stream, server_round),
+            load_slack=s.load_slack,
+            deficit=deficit if uses_deficit else None,
+            deficit_weight=s.deficit_weight if uses_deficit else 0.0,
+            solver=s.solver,
+        )
         return x, decision
 
     def _static_rows(self, ids: list[str]) -> np.ndarray:
         # The round-robin is laid over every client seen so far (in id order), so a client keeps the
         # same experts whichever subset of clients is sampled in a round.
-        everyone = sorted({info.client_id: info for info in self.nodes.values()}.values(),
-                          key=lambda c: c.client_id)
-        full = assign(np.zeros((len(everyone), self.num_experts)), np.array([c.capacity for c in everyone]),
-                      "static")
+        everyone = sorted({info.client_id: info for info in self.nodes.values()}.values(), key=lambda c: c.client_id)
+        full = assign(np.zeros((len(everyone), self.num_experts)), np.array([c.capacity for c in everyone]), "static")
         row_of = {c.client_id: i for i, c in enumerate(everyone)}
         return full[[row_of[i] for i in ids]]
 
@@ -385,18 +452,27 @@ class FlexMoEStrategy(Strategy):
             feedback = accepted[node]
             # Every held expert is scored: one the gate never selected scores 0 (FitnessTable.update),
             # so it cannot keep its optimistic initial value and be re-assigned to this client forever.
-            self.fitness.update(self.nodes[node].client_id, plan.held(node), feedback.accuracy, feedback.loss,
-                                usage=feedback.update.usage)
+            self.fitness.update(
+                self.nodes[node].client_id,
+                plan.held(node),
+                feedback.accuracy,
+                feedback.loss,
+                usage=feedback.update.usage,
+            )
         if plan.completed:
             rows = [plan.row(n) for n in plan.completed]
             capacity = np.array([plan.clients[r].capacity for r in rows])
             self.loads.update(plan.assignment[rows], capacity)
 
-    def _train_metrics(self, plan: RoundPlan, accepted: Mapping[int, Any], failed: int, rejected: int,
-                       timed_out: int) -> dict[str, Any]:
+    def _train_metrics(
+        self, plan: RoundPlan, accepted: Mapping[int, Any], failed: int, rejected: int, timed_out: int
+    ) -> dict[str, Any]:
         load = M.expert_load(plan.assignment)
-        routed = np.sum([accepted[n].update.usage for n in plan.completed], axis=0) if plan.completed \
+        routed = (
+            np.sum([accepted[n].update.usage for n in plan.completed], axis=0)
+            if plan.completed
             else np.zeros(self.num_experts)
+        )
         examples = [accepted[n].update.num_examples for n in plan.completed]
         losses = [accepted[n].train_loss for n in plan.completed]
         return {
@@ -431,7 +507,8 @@ class FlexMoEStrategy(Strategy):
         }
         return {
             **per_client,
-            "bytes-down-per-client": per_client["bytes-down-train-per-client"] + per_client["bytes-down-eval-per-client"],
+            "bytes-down-per-client": per_client["bytes-down-train-per-client"]
+            + per_client["bytes-down-eval-per-client"],
             "bytes-up-per-client": per_client["bytes-up-train-per-client"] + per_client["bytes-up-eval-per-client"],
             "bytes-total-per-client": sum(per_client.values()),
             "bytes-total-vs-dense": t.total / (t.total + t.dense_extra) if t.total else float("nan"),
@@ -441,7 +518,7 @@ class FlexMoEStrategy(Strategy):
     def _count_down(self, plan: RoundPlan, phase: str, messages: list[Message]) -> None:
         for message in messages:
             plan.traffic.down[phase] += message_bytes(message)
-            sent = array_record_to_proto(message.content["arrays"]).ByteSize()
+            sent = array_record_to_proto(message.content.array_records["arrays"]).ByteSize()
             plan.traffic.dense_extra += self.dense_record_bytes - sent
 
     def assignment_record(self, server_round: int) -> dict[str, Any]:
@@ -458,13 +535,16 @@ class FlexMoEStrategy(Strategy):
         }
 
     # ------------------------------------------------------------------ helpers
-    def _message(self, node: int, arrays: Mapping[str, np.ndarray], server_round: int, config: ConfigRecord,
-                 message_type: str) -> Message:
+    def _message(
+        self, node: int, arrays: Mapping[str, np.ndarray], server_round: int, config: ConfigRecord, message_type: str
+    ) -> Message:
         # A fresh RecordDict per node: each client gets its own expert subset.
-        round_config = ConfigRecord({**dict(config), "server-round": server_round,
-                                     RUN_TOKEN_KEY: self.run_token})
-        return Message(RecordDict({"arrays": to_record(arrays), "config": round_config}),
-                       message_type=message_type, dst_node_id=node)
+        round_config = ConfigRecord({**dict(config), "server-round": server_round, RUN_TOKEN_KEY: self.run_token})
+        return Message(
+            RecordDict({"arrays": to_record(arrays), "config": round_config}),
+            message_type=message_type,
+            dst_node_id=node,
+        )
 
     def _require_plan(self) -> RoundPlan:
         if self.plan is None:
@@ -478,12 +558,12 @@ def _train_content(reply: Message) -> tuple[dict[str, np.ndarray], dict[str, Any
         raise ReplyError("arrays", "the reply carries no ArrayRecord 'arrays'")
     if "metrics" not in content.metric_records:
         raise ReplyError("metrics", "the reply carries no MetricRecord 'metrics'")
-    return to_arrays(content["arrays"]), dict(content["metrics"])
+    return to_arrays(content.array_records["arrays"]), dict(content.metric_records["metrics"])
 
 
 def _client_info(reply: Message, num_experts: int, max_examples: int) -> ClientInfo:
     if reply.has_error():
-        raise ReplyError("describe", reply.error.reason)
+        raise ReplyError("describe", reply.error.reason or "error without a reason")
     config = reply.content["config"]
     client_id = config.get("client-id")
     capacity = config.get("capacity")

@@ -18,11 +18,12 @@ import json
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from flexmoe_core.config import Settings
 from flexmoe_core.results import atomic_write_json
@@ -31,8 +32,18 @@ from server_app.experiment import APP_DIR, _defaults, summarise
 from server_app.launcher import RunOutcome, SimulationSuperLink
 
 # Per-round metrics kept in a run summary: enough for every table and figure of the report.
-CURVES = ("accuracy", "accuracy-p10", "accuracy-min", "load-cv", "load-variance", "cumulative-load-cv",
-          "load-jain", "routed-load-cv", "bytes-total-per-client", "round-seconds")
+CURVES = (
+    "accuracy",
+    "accuracy-p10",
+    "accuracy-min",
+    "load-cv",
+    "load-variance",
+    "cumulative-load-cv",
+    "load-jain",
+    "routed-load-cv",
+    "bytes-total-per-client",
+    "round-seconds",
+)
 
 
 def validate(cells: list[Cell], results_root: Path) -> None:
@@ -54,17 +65,30 @@ def run_summary(cell: Cell, results_dir: Path, outcome: RunOutcome) -> dict[str,
     rounds = json.loads((results_dir / "metrics.json").read_text())
     records = json.loads((results_dir / "assignments.json").read_text())
     return {
-        "cell": cell.id, "group": cell.group, "method": cell.method, "seed": cell.seed,
-        "varied": dict(cell.varied), "num-supernodes": cell.num_supernodes, "run-config": cell.overrides,
+        "cell": cell.id,
+        "group": cell.group,
+        "method": cell.method,
+        "seed": cell.seed,
+        "varied": dict(cell.varied),
+        "num-supernodes": cell.num_supernodes,
+        "run-config": cell.overrides,
         "summary": summarise(cell.method, results_dir, outcome.seconds),
         "curves": {key: [r.get(key) for r in rounds] for key in CURVES},
         "holding": holding_counts(records, int(cell.overrides.get("num-experts", 8))),
-        "wall-seconds": outcome.seconds, "commit": _commit(), "flwr": version("flwr"),
+        "wall-seconds": outcome.seconds,
+        "commit": _commit(),
+        "flwr": version("flwr"),
     }
 
 
-def run_cells(todo: list[Cell], run: Callable[[Cell], RunOutcome], save: Callable[[Cell, RunOutcome], None],
-              *, retries: int = 1, clock: Callable[[], float] = time.monotonic) -> list[str]:
+def run_cells(
+    todo: list[Cell],
+    run: Callable[[Cell], RunOutcome],
+    save: Callable[[Cell, RunOutcome], None],
+    *,
+    retries: int = 1,
+    clock: Callable[[], float] = time.monotonic,
+) -> list[str]:
     """Run each cell (retrying a failure `retries` times), printing progress with an ETA; returns
     the ids of the cells that still failed."""
     failed, started, finished = [], clock(), 0
@@ -74,29 +98,47 @@ def run_cells(todo: list[Cell], run: Callable[[Cell], RunOutcome], save: Callabl
             if outcome.ok:
                 save(cell, outcome)
                 break
-            print(f"    {cell.id}: attempt {attempt + 1} ended with status {outcome.status}; last log lines:\n"
-                  + "".join(outcome.log.splitlines(keepends=True)[-15:]), file=sys.stderr, flush=True)
+            print(
+                f"    {cell.id}: attempt {attempt + 1} ended with status {outcome.status}; last log lines:\n"
+                + "".join(outcome.log.splitlines(keepends=True)[-15:]),
+                file=sys.stderr,
+                flush=True,
+            )
         else:
             failed.append(cell.id)
         finished += 1
         elapsed = clock() - started
         eta = elapsed / finished * (len(todo) - done)
-        print(f"[{done}/{len(todo)} done, {len(todo) - done} left] {cell.id}: "
-              f"{'FAILED' if cell.id in failed else f'{outcome.seconds:.0f}s'} | elapsed {_hms(elapsed)}, "
-              f"ETA {_hms(eta)}", flush=True)
+        print(
+            f"[{done}/{len(todo)} done, {len(todo) - done} left] {cell.id}: "
+            f"{'FAILED' if cell.id in failed else f'{outcome.seconds:.0f}s'} | elapsed {_hms(elapsed)}, "
+            f"ETA {_hms(eta)}",
+            flush=True,
+        )
     return failed
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--study", type=Path, default=APP_DIR / "conf" / "study.toml", help="grid (TOML)")
-    parser.add_argument("--summaries", type=Path, default=APP_DIR / "docs" / "study" / "runs",
-                        help="one <cell>.json per finished run (committed; existing ones are skipped)")
-    parser.add_argument("--results", type=Path, default=APP_DIR / "results" / "study",
-                        help="each run's full results directory (not committed)")
-    parser.add_argument("--only", default="",
-                        help="comma-separated cell ids, group names or shell patterns of ids (e.g. 'main-*-mnist-*'); "
-                             "cells run in the order of the patterns (default: all, in file order)")
+    parser.add_argument(
+        "--summaries",
+        type=Path,
+        default=APP_DIR / "docs" / "study" / "runs",
+        help="one <cell>.json per finished run (committed; existing ones are skipped)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=APP_DIR / "results" / "study",
+        help="each run's full results directory (not committed)",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated cell ids, group names or shell patterns of ids (e.g. 'main-*-mnist-*'); "
+        "cells run in the order of the patterns (default: all, in file order)",
+    )
     parser.add_argument("--force", action="store_true", help="re-run the selected cells even if summarised")
     parser.add_argument("--list", action="store_true", help="print the cells and whether each is done, then exit")
     return parser.parse_args(argv)
@@ -117,11 +159,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{'done' if cell.id in done else 'todo'}  {cell.id}")
         return 0
     todo = [c for c in cells if args.force or c.id not in done]
-    print(f"{len(cells)} cells, {len(cells) - len(todo)} already summarised in {summaries}, {len(todo)} to run",
-          flush=True)
+    print(
+        f"{len(cells)} cells, {len(cells) - len(todo)} already summarised in {summaries}, {len(todo)} to run",
+        flush=True,
+    )
     if not todo:
         return 0
     with SimulationSuperLink(todo[0].num_supernodes) as superlink:
+
         def run(cell: Cell) -> RunOutcome:
             superlink.federation_config["num-supernodes"] = cell.num_supernodes
             print(f"--- {cell.id}: {cell.num_supernodes} clients", flush=True)
@@ -133,8 +178,11 @@ def main(argv: list[str] | None = None) -> int:
         failed = run_cells(todo, run, save)
     atomic_write_json(results / "failures.json", failed)
     if failed:
-        print(f"{len(failed)} cell(s) failed twice and have no summary: {', '.join(failed)} "
-              f"(listed in {results / 'failures.json'}; re-run with --only)", file=sys.stderr)
+        print(
+            f"{len(failed)} cell(s) failed twice and have no summary: {', '.join(failed)} "
+            f"(listed in {results / 'failures.json'}; re-run with --only)",
+            file=sys.stderr,
+        )
         return 1
     print(f"all {len(todo)} run(s) summarised in {summaries}; next: python -m flexmoe_core.report")
     return 0
@@ -147,8 +195,9 @@ def _hms(seconds: float) -> str:
 
 def _commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=APP_DIR, capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=APP_DIR, capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"

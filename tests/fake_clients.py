@@ -8,15 +8,24 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRecord, RecordDict
 
 E = 4
-GLOBAL = {"extractor.w": np.zeros(2, np.float32), **{f"experts.{e}.w": np.full(2, 10.0 * e, np.float32)
-                                                      for e in range(E)}}
+GLOBAL = {
+    "extractor.w": np.zeros(2, np.float32),
+    **{f"experts.{e}.w": np.full(2, 10.0 * e, np.float32) for e in range(E)},
+}
 
 
 class HonestClient:
     """Returns every sent array filled with `value`, and fixed feedback for the experts it held."""
 
-    def __init__(self, client_id: str, capacity: int, value: float, num_examples: int,
-                 usage: Callable[[list[int]], list[float]] | None = None, accuracy: float = 0.8) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        capacity: int,
+        value: float,
+        num_examples: int,
+        usage: Callable[[list[int]], list[float]] | None = None,
+        accuracy: float = 0.8,
+    ) -> None:
         self.client_id, self.capacity, self.value, self.num_examples = client_id, capacity, value, num_examples
         self.usage = usage or (lambda held: [num_examples / len(held)] * len(held))
         self.accuracy = accuracy
@@ -32,13 +41,24 @@ class HonestClient:
     def reply(self, msg: Message) -> Message:
         kind = msg.metadata.message_type
         if kind == "query.describe":
-            return Message(RecordDict({"config": ConfigRecord({
-                "client-id": self.client_id, "capacity": self.capacity, "num-examples": self.num_examples})}),
-                reply_to=msg)
+            return Message(
+                RecordDict(
+                    {
+                        "config": ConfigRecord(
+                            {"client-id": self.client_id, "capacity": self.capacity, "num-examples": self.num_examples}
+                        )
+                    }
+                ),
+                reply_to=msg,
+            )
         if kind == "train":
             return self.train_reply(msg)
-        return Message(RecordDict({"metrics": MetricRecord({
-            "num-examples": self.num_examples, "accuracy": self.accuracy, "loss": 0.5})}), reply_to=msg)
+        return Message(
+            RecordDict(
+                {"metrics": MetricRecord({"num-examples": self.num_examples, "accuracy": self.accuracy, "loss": 0.5})}
+            ),
+            reply_to=msg,
+        )
 
     def held(self, msg: Message) -> list[int]:
         return sorted({int(k.split(".")[1]) for k in msg.content["arrays"] if k.startswith("experts.")})
@@ -51,13 +71,17 @@ class HonestClient:
         usage, accuracy, loss = [0.0] * E, [0.0] * E, [0.0] * E
         for e, u in zip(held, self.usage(held)):
             usage[e], accuracy[e], loss[e] = float(u), self.accuracy, 0.5
-        return {"num-examples": self.num_examples, "train-loss": 0.5, "expert-usage": usage,
-                "expert-accuracy": accuracy, "expert-loss": loss}
+        return {
+            "num-examples": self.num_examples,
+            "train-loss": 0.5,
+            "expert-usage": usage,
+            "expert-accuracy": accuracy,
+            "expert-loss": loss,
+        }
 
     def train_reply(self, msg: Message) -> Message:
         arrays = ArrayRecord({k: Array(v) for k, v in self.train_arrays(msg).items()})
-        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(self.train_metrics(msg))}),
-                       reply_to=msg)
+        return Message(RecordDict({"arrays": arrays, "metrics": MetricRecord(self.train_metrics(msg))}), reply_to=msg)
 
 
 class CrashingClient(HonestClient):

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
+import tomllib
 from flwr.app import Context, Error, Message, RecordDict
 
 from client_app import app as client
 from tests.conftest import FakeGrid
 
 ROOT = Path(__file__).resolve().parents[1]
-SMALL = {"num-server-rounds": 2, "num-experts": 4, "capacity": 2, "max-samples-per-client": 80,
-         "batch-size": 16, "local-epochs": 1, "min-train-nodes": 2, "node-wait-timeout": 5.0}
+SMALL = {
+    "num-server-rounds": 2,
+    "num-experts": 4,
+    "capacity": 2,
+    "max-samples-per-client": 80,
+    "batch-size": 16,
+    "local-epochs": 1,
+    "min-train-nodes": 2,
+    "node-wait-timeout": 5.0,
+}
 
 
 def run_config(**overrides: Any) -> dict[str, Any]:
@@ -22,11 +30,16 @@ def run_config(**overrides: Any) -> dict[str, Any]:
     return {**defaults, **SMALL, **{k.replace("_", "-"): v for k, v in overrides.items()}}
 
 
-def node_context(node_id: int, partition_id: int, num_partitions: int, config: dict[str, Any],
-                 **node_config: Any) -> Context:
-    return Context(run_id=1, node_id=node_id, node_config={"partition-id": partition_id,
-                                                            "num-partitions": num_partitions, **node_config},
-                   state=RecordDict(), run_config=config)
+def node_context(
+    node_id: int, partition_id: int, num_partitions: int, config: dict[str, Any], **node_config: Any
+) -> Context:
+    return Context(
+        run_id=1,
+        node_id=node_id,
+        node_config={"partition-id": partition_id, "num-partitions": num_partitions, **node_config},
+        state=RecordDict(),
+        run_config=config,
+    )
 
 
 def handle(msg: Message, context: Context) -> Message:
@@ -39,6 +52,5 @@ def handle(msg: Message, context: Context) -> Message:
 
 
 def federation(config: dict[str, Any], num_clients: int, first_node_id: int = 1000) -> FakeGrid:
-    contexts = {first_node_id + i: node_context(first_node_id + i, i, num_clients, config)
-                for i in range(num_clients)}
+    contexts = {first_node_id + i: node_context(first_node_id + i, i, num_clients, config) for i in range(num_clients)}
     return FakeGrid({node: (lambda msg, ctx=ctx: handle(msg, ctx)) for node, ctx in contexts.items()})

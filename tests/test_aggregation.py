@@ -128,10 +128,7 @@ def test_arithmetic_is_float64_before_the_cast():
     # 2**24 / 3 = 5592405.5, while float64 gives (2**24 + 2) / 3 = 5592406 exactly.
     big = np.float32(2.0**24)
     g = {"extractor.w": np.zeros(1, dtype=f32)}
-    ups = [
-        ClientUpdate({"extractor.w": np.array([value], dtype=f32)}, 1, np.zeros(1))
-        for value in (big, 1.0, 1.0)
-    ]
+    ups = [ClientUpdate({"extractor.w": np.array([value], dtype=f32)}, 1, np.zeros(1)) for value in (big, 1.0, 1.0)]
     result = aggregate(g, ups, num_experts=1)
     assert result["extractor.w"].dtype == f32
     assert result["extractor.w"][0] == np.float32(5592406.0)

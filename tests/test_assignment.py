@@ -363,4 +363,6 @@ def test_fast_and_cvxpy_paths_reach_the_same_optimum_with_a_deficit(kind):
     assert_valid(x_fast, capacity, l_min, l_max)
     weights = scores + 0.3 * deficit[None, :]
     assert float(np.sum(weights * x_fast)) == pytest.approx(float(np.sum(weights * x_cvxpy)), rel=1e-9)
-    assert float(np.sum(weights * x_fast)) == pytest.approx(reference_optimum(weights, capacity, l_min, l_max), rel=1e-9)
+    assert float(np.sum(weights * x_fast)) == pytest.approx(
+        reference_optimum(weights, capacity, l_min, l_max), rel=1e-9
+    )

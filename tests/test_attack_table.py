@@ -9,13 +9,17 @@ from server_app.attacks import cells, format_table, main
 
 def test_cells_put_the_clean_run_first_for_every_defence():
     assert cells(["scale", "noise"], ["none", "median"]) == [
-        ("none", "none"), ("none", "median"), ("scale", "none"), ("scale", "median"),
-        ("noise", "none"), ("noise", "median")]
+        ("none", "none"),
+        ("none", "median"),
+        ("scale", "none"),
+        ("scale", "median"),
+        ("noise", "none"),
+        ("noise", "median"),
+    ]
 
 
 def test_table_has_one_row_per_attack_and_marks_missing_cells():
-    rows = {"none/none": {"accuracy": 0.81234}, "none/median": {"accuracy": 0.8},
-            "scale/none": {"accuracy": 0.1}}
+    rows = {"none/none": {"accuracy": 0.81234}, "none/median": {"accuracy": 0.8}, "scale/none": {"accuracy": 0.1}}
     lines = format_table(rows, ["scale"], ["none", "median"]).splitlines()
     assert lines[0].split() == ["attack", "\\", "defence", "none", "median"]
     assert lines[2].split() == ["none", "0.8123", "0.8000"]

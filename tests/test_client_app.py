@@ -20,11 +20,16 @@ pytestmark = pytest.mark.usefixtures("flower_identity")
 
 
 def train_message(held, server_round=1, run_token="run1", num_experts=4):
-    state = build_global_state(num_experts, num_classes=10, in_channels=1, image_size=28, arch="cnn", top_r=2,
-                               expert_hidden=256, seed=0)
+    state = build_global_state(
+        num_experts, num_classes=10, in_channels=1, image_size=28, arch="cnn", top_r=2, expert_hidden=256, seed=0
+    )
     sent = select_experts(state, held)
-    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in sent.items()}),
-                          "config": ConfigRecord({"server-round": server_round, "run-token": run_token})})
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in sent.items()}),
+            "config": ConfigRecord({"server-round": server_round, "run-token": run_token}),
+        }
+    )
     return Message(content, message_type="train", dst_node_id=7), sent
 
 
@@ -64,8 +69,9 @@ def test_gate_persists_across_rounds_and_is_never_sent():
     client.train(msg, ctx)
     gate_after_round1 = {k: v.numpy().copy() for k, v in ctx.state[client.GATE_KEY].items()}
     msg2, _ = train_message([2, 3], server_round=2)
-    model = client.build_model(msg2, Settings.from_run_config(ctx.run_config), ctx,
-                               client.load_settings(ctx)[1], gate_round=1)
+    model = client.build_model(
+        msg2, Settings.from_run_config(ctx.run_config), ctx, client.load_settings(ctx)[1], gate_round=1
+    )
     for key, value in model.gate_state().items():
         np.testing.assert_array_equal(value, gate_after_round1[key])
 
@@ -108,8 +114,10 @@ def test_a_gate_on_disk_is_found_only_by_the_run_that_stored_it(tmp_path):
     np.testing.assert_array_equal(later, initial.gate_state()["gate.weight"])
     # ... nor from the in-memory gate of another run
     msg = train_message([0, 1], server_round=2, run_token="second")[0]
-    np.testing.assert_array_equal(client.build_model(msg, settings, ctx, node, gate_round=1).gate_state()["gate.weight"],
-                                  initial.gate_state()["gate.weight"])
+    np.testing.assert_array_equal(
+        client.build_model(msg, settings, ctx, node, gate_round=1).gate_state()["gate.weight"],
+        initial.gate_state()["gate.weight"],
+    )
 
 
 def test_evaluate_reports_accuracy_on_the_local_test_split():
@@ -138,8 +146,16 @@ def test_whole_run_in_process_writes_results_with_metrics_in_range(tmp_path):
         assert 0.0 <= r["accuracy-min"] <= r["accuracy"] <= 1.0
         assert r["load-cv"] == 0.0  # 4 clients x 2 / 4 experts: exactly 2 holders each
         assert sum(r["expert-load"]) == 8
-    for name in ("config.json", "metrics.csv", "assignments.json", "fitness.json", "accuracy.png",
-                 "load_cv.png", "assignment_heatmap.png", "checkpoint.npz"):
+    for name in (
+        "config.json",
+        "metrics.csv",
+        "assignments.json",
+        "fitness.json",
+        "accuracy.png",
+        "load_cv.png",
+        "assignment_heatmap.png",
+        "checkpoint.npz",
+    ):
         assert (tmp_path / "run" / name).is_file(), name
     table = FitnessTable.from_dict(json.loads((tmp_path / "run" / "fitness.json").read_text()))
     np.testing.assert_array_equal(table.row("partition-2"), np.ones(4))  # never learned from a crashed client

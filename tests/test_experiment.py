@@ -17,8 +17,14 @@ def _settings(**overrides) -> Settings:
 
 def _group_bytes(num_experts: int, expert_hidden: int) -> tuple[int, int]:
     """(|psi| bytes, |theta| bytes per expert) counted from the torch model itself."""
-    model = MoEClassifier(num_experts=num_experts, held_experts=[0], num_classes=10, in_channels=1,
-                          image_size=28, expert_hidden=expert_hidden)
+    model = MoEClassifier(
+        num_experts=num_experts,
+        held_experts=[0],
+        num_classes=10,
+        in_channels=1,
+        image_size=28,
+        expert_hidden=expert_hidden,
+    )
     psi = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k.startswith("extractor."))
     theta = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k.startswith("experts.0."))
     return psi, theta
@@ -45,14 +51,34 @@ def test_summarise_takes_last_accuracy_and_round_means(tmp_path):
     config = {**_defaults(), "expert-hidden": 32}
     (tmp_path / "config.json").write_text(json.dumps(config))
     rounds = [
-        {"accuracy": 0.5, "accuracy-p10": 0.3, "load-cv": 0.4, "cumulative-load-cv": 0.2, "routed-load-cv": 1.0,
-         "load-jain": 0.8, "bytes-down-per-client": 100.0, "bytes-up-per-client": 50.0,
-         "bytes-total-per-client": 150.0, "bytes-total-vs-dense": 0.5,
-         "server-seconds": 1.0, "round-seconds": 10.0},
-        {"accuracy": 0.7, "accuracy-p10": 0.6, "load-cv": 0.0, "cumulative-load-cv": 0.1, "routed-load-cv": 0.5,
-         "load-jain": 1.0, "bytes-down-per-client": 300.0, "bytes-up-per-client": 150.0,
-         "bytes-total-per-client": 450.0, "bytes-total-vs-dense": 0.7,
-         "server-seconds": 2.0, "round-seconds": 20.0},
+        {
+            "accuracy": 0.5,
+            "accuracy-p10": 0.3,
+            "load-cv": 0.4,
+            "cumulative-load-cv": 0.2,
+            "routed-load-cv": 1.0,
+            "load-jain": 0.8,
+            "bytes-down-per-client": 100.0,
+            "bytes-up-per-client": 50.0,
+            "bytes-total-per-client": 150.0,
+            "bytes-total-vs-dense": 0.5,
+            "server-seconds": 1.0,
+            "round-seconds": 10.0,
+        },
+        {
+            "accuracy": 0.7,
+            "accuracy-p10": 0.6,
+            "load-cv": 0.0,
+            "cumulative-load-cv": 0.1,
+            "routed-load-cv": 0.5,
+            "load-jain": 1.0,
+            "bytes-down-per-client": 300.0,
+            "bytes-up-per-client": 150.0,
+            "bytes-total-per-client": 450.0,
+            "bytes-total-vs-dense": 0.7,
+            "server-seconds": 2.0,
+            "round-seconds": 20.0,
+        },
     ]
     (tmp_path / "metrics.json").write_text(json.dumps(rounds))
     row = summarise("flexmoe", tmp_path, wall_seconds=42.0)
@@ -86,4 +112,3 @@ def test_unknown_method_is_rejected_before_any_run():
 
     with pytest.raises(SystemExit, match="--methods: unknown"):
         main(["--methods", "flexmoe,best"])
-

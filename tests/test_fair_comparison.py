@@ -12,7 +12,7 @@ from scipy.optimize import linprog
 from flexmoe_core.assignment import load_bounds
 from flexmoe_core.config import Settings
 from server_app.strategy import FlexMoEStrategy, to_record
-from tests.fake_clients import E, GLOBAL, HonestClient
+from tests.fake_clients import GLOBAL, E, HonestClient
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
@@ -25,14 +25,30 @@ def first_held_only(num_examples):
 
 
 def clients_for(count=8):
-    return {100 + i: HonestClient(f"client-{i}", 2, float(i), 10 + i, accuracy=0.5 + 0.05 * i,
-                                  usage=first_held_only(10 + i) if i % 2 else None)
-            for i in range(count)}
+    return {
+        100 + i: HonestClient(
+            f"client-{i}",
+            2,
+            float(i),
+            10 + i,
+            accuracy=0.5 + 0.05 * i,
+            usage=first_held_only(10 + i) if i % 2 else None,
+        )
+        for i in range(count)
+    }
 
 
 def strategy_for(method, **overrides):
-    options = {"num_experts": E, "capacity": 2, "min_train_nodes": 2, "deficit_weight": 0.3,
-               "node_wait_timeout": 1.0, "assignment": method, "seed": 5, **overrides}
+    options = {
+        "num_experts": E,
+        "capacity": 2,
+        "min_train_nodes": 2,
+        "deficit_weight": 0.3,
+        "node_wait_timeout": 1.0,
+        "assignment": method,
+        "seed": 5,
+        **overrides,
+    }
     return FlexMoEStrategy(Settings(**options), GLOBAL)
 
 
@@ -86,8 +102,15 @@ def lp_optimum(weights, capacity):
     l_min, l_max = load_bounds(capacity, e, 0.0)
     rows = np.kron(np.eye(n), np.ones((1, e)))
     cols = np.kron(np.ones((1, n)), np.eye(e))
-    result = linprog(-weights.ravel(), A_eq=rows, b_eq=capacity, A_ub=np.vstack([cols, -cols]),
-                     b_ub=np.concatenate([np.full(e, l_max), np.full(e, -l_min)]), bounds=(0, 1), method="highs")
+    result = linprog(
+        -weights.ravel(),
+        A_eq=rows,
+        b_eq=capacity,
+        A_ub=np.vstack([cols, -cols]),
+        b_ub=np.concatenate([np.full(e, l_max), np.full(e, -l_min)]),
+        bounds=(0, 1),
+        method="highs",
+    )
     assert result.status == 0
     return -result.fun
 

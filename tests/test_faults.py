@@ -8,7 +8,7 @@ from flwr.app import ConfigRecord
 
 from flexmoe_core.config import Settings
 from server_app.strategy import FlexMoEStrategy, to_arrays, to_record
-from tests.fake_clients import E, GLOBAL, CrashingClient, HonestClient, SilentClient, TamperingClient
+from tests.fake_clients import GLOBAL, CrashingClient, E, HonestClient, SilentClient, TamperingClient
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
@@ -52,12 +52,14 @@ def test_silent_client_counts_as_timed_out(fake_grid):
 def _set(key, value):
     def tamper(arrays, metrics):
         metrics[key] = value
+
     return tamper
 
 
 def _array(fn):
     def tamper(arrays, metrics):
         fn(arrays)
+
     return tamper
 
 

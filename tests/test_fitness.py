@@ -117,7 +117,10 @@ def test_to_dict_from_dict_round_trip_through_json_is_exact():
         # Bitwise equality, not approx: the snapshot must be lossless.
         assert np.array_equal(restored.row(cid), table.row(cid))
     assert (restored.mode, restored.ema_beta, restored.loss_alpha, restored.initial) == (
-        "loss", 0.3, 0.7, 1.25,
+        "loss",
+        0.3,
+        0.7,
+        1.25,
     )
     # The restored table keeps updating exactly like the original.
     for t in (table, restored):

@@ -17,8 +17,7 @@ E = 8
 
 def tiny_model(held, top_r=2, seed=0, **kwargs) -> MoEClassifier:
     torch.manual_seed(seed)
-    return MoEClassifier(E, held, num_classes=5, in_channels=1, image_size=8, top_r=top_r,
-                         expert_hidden=6, **kwargs)
+    return MoEClassifier(E, held, num_classes=5, in_channels=1, image_size=8, top_r=top_r, expert_hidden=6, **kwargs)
 
 
 def batch(n=6, seed=1, channels=1, size=8) -> torch.Tensor:
@@ -88,8 +87,9 @@ def test_gate_probabilities_zero_on_unheld_and_sum_to_one():
     assert set(routing.top1.tolist()) <= {1, 6}
     assert torch.equal(routing.top1, probs.argmax(dim=1))
     assert routing.expert_logits.shape == (6, 2, 5)
-    torch.testing.assert_close(routing.top1_expert_logits(),
-                               routing.expert_logits[torch.arange(6), (routing.top1 == 6).long()])
+    torch.testing.assert_close(
+        routing.top1_expert_logits(), routing.expert_logits[torch.arange(6), (routing.top1 == 6).long()]
+    )
 
 
 def test_single_held_expert_gets_probability_one():
@@ -136,7 +136,8 @@ def test_state_bytes_scale_with_held_count():
     assert shared_bytes(2) == 4 * (extractor_params + 2 * expert_params)
     assert shared_bytes(8) == 4 * (extractor_params + 8 * expert_params)
     assert shared_bytes(2) / shared_bytes(8) == pytest.approx(
-        (extractor_params + 2 * expert_params) / (extractor_params + 8 * expert_params))
+        (extractor_params + 2 * expert_params) / (extractor_params + 8 * expert_params)
+    )
 
 
 def test_shared_state_round_trip_and_copies():
@@ -199,13 +200,13 @@ def test_build_global_state_has_all_experts_and_is_deterministic():
     assert not np.array_equal(a["experts.0.0.weight"], a["experts.1.0.weight"])
     # A client model holding a subset loads its slice of the global state.
     client = tiny_model([2, 7])
-    client.load_shared_state({k: v for k, v in a.items()
-                              if not k.startswith("experts.") or k.split(".")[1] in ("2", "7")})
+    client.load_shared_state(
+        {k: v for k, v in a.items() if not k.startswith("experts.") or k.split(".")[1] in ("2", "7")}
+    )
     np.testing.assert_array_equal(client.shared_state_dict()["experts.7.2.weight"], a["experts.7.2.weight"])
 
 
-@pytest.mark.parametrize("arch,channels,size", [("cnn", 1, 28), ("cnn", 3, 32), ("resnet", 3, 32),
-                                                ("resnet", 1, 28)])
+@pytest.mark.parametrize("arch,channels,size", [("cnn", 1, 28), ("cnn", 3, 32), ("resnet", 3, 32), ("resnet", 1, 28)])
 def test_architectures_accept_any_shape(arch, channels, size):
     model = MoEClassifier(E, [0, 3], num_classes=43, in_channels=channels, image_size=size, arch=arch)
     out = model(batch(2, channels=channels, size=size))

@@ -10,7 +10,6 @@ from client_app import partitions
 from client_app.partitions import FlowerPartitioning, partition_indices
 from flexmoe_core.config import PARTITIONS, Settings
 
-
 LABELS = np.repeat(np.arange(10), 60)[np.random.default_rng(5).permutation(600)]
 
 
@@ -74,17 +73,16 @@ def test_partition_settings_are_validated(kwargs, message):
         partition_indices(LABELS, **kwargs)
 
 
-
 def test_flower_partitioning_from_settings_normalises_unused_settings():
     """Settings a scheme ignores do not change the partitioner (one cache entry per real split)."""
     base = {"partition": "iid", "seed": 4}
     a = FlowerPartitioning.of(Settings.from_run_config({**base, "dirichlet-alpha": 0.3}))
     b = FlowerPartitioning.of(Settings.from_run_config({**base, "dirichlet-alpha": 5.0, "classes-per-client": 3}))
     assert a == b and hash(a) == hash(b)
-    dirichlet = FlowerPartitioning.of(Settings.from_run_config({"partition": "dirichlet", "dirichlet-alpha": 0.3,
-                                                                 "seed": 4}))
+    dirichlet = FlowerPartitioning.of(
+        Settings.from_run_config({"partition": "dirichlet", "dirichlet-alpha": 0.3, "seed": 4})
+    )
     assert dirichlet == FlowerPartitioning("dirichlet", alpha=0.3, seed=4)
     parts = dirichlet(LABELS, 5)
     expected = partition_indices(LABELS, 5, "dirichlet", alpha=0.3, seed=4)
     assert all(np.array_equal(x, y) for x, y in zip(parts, expected))
-

@@ -25,7 +25,9 @@ def test_model_attacks_match_their_definitions():
     np.testing.assert_allclose(flipped["experts.0.w"], [-2.0, 2.0])
     noisy = poison_update(SENT, TRAINED, "noise", 3.0, seed=1)
     assert not np.array_equal(noisy["extractor.w"], TRAINED["extractor.w"])
-    np.testing.assert_array_equal(noisy["extractor.w"], poison_update(SENT, TRAINED, "noise", 3.0, seed=1)["extractor.w"])
+    np.testing.assert_array_equal(
+        noisy["extractor.w"], poison_update(SENT, TRAINED, "noise", 3.0, seed=1)["extractor.w"]
+    )
     for attack in ("scale", "sign-flip", "noise", "label-flip", "none"):
         out = poison_update(SENT, TRAINED, attack, 1e40, seed=0)
         assert set(out) == set(SENT) and all(v.dtype == np.float32 and np.isfinite(v).all() for v in out.values())
@@ -37,8 +39,13 @@ def test_label_flip_moves_every_label():
 
 @pytest.mark.parametrize("attack", ["scale", "sign-flip", "noise"])
 def test_each_attack_passes_validation_and_changes_the_undefended_aggregate(attack):
-    metrics = {"num-examples": 10, "train-loss": 0.5, "expert-usage": [10.0, 0.0], "expert-accuracy": [0.5, 0.0],
-               "expert-loss": [0.5, 0.0]}
+    metrics = {
+        "num-examples": 10,
+        "train-loss": 0.5,
+        "expert-usage": [10.0, 0.0],
+        "expert-accuracy": [0.5, 0.0],
+        "expert-loss": [0.5, 0.0],
+    }
     poisoned = poison_update(SENT, TRAINED, attack, 10.0, seed=3)
     feedback = validate_train_reply(SENT, poisoned, metrics, 2, declared_examples=10)  # accepted
     honest = [ClientUpdate(state=dict(TRAINED), num_examples=10, usage=np.array([10.0, 0.0]))] * 2
@@ -50,8 +57,13 @@ def test_each_attack_passes_validation_and_changes_the_undefended_aggregate(atta
 
 
 def test_claims_above_the_declared_size_are_rejected_naming_the_field():
-    metrics = {"num-examples": 10**9, "train-loss": 0.5, "expert-usage": [10.0, 0.0],
-               "expert-accuracy": [0.5, 0.0], "expert-loss": [0.5, 0.0]}
+    metrics = {
+        "num-examples": 10**9,
+        "train-loss": 0.5,
+        "expert-usage": [10.0, 0.0],
+        "expert-accuracy": [0.5, 0.0],
+        "expert-loss": [0.5, 0.0],
+    }
     with pytest.raises(ReplyError, match="num-examples: claims 1000000000 examples, more than the 800"):
         validate_train_reply(SENT, TRAINED, metrics, 2, declared_examples=800)
     metrics["num-examples"] = 5  # usage 10 > 5 examples
@@ -64,9 +76,7 @@ def test_claims_above_the_declared_size_are_rejected_naming_the_field():
 
 def test_reporting_perfect_fitness_buys_no_extra_load():
     # 4 clients x 4 experts, k = 2: L* = 2, bounds [2, 2]. Client 3 claims 1.0 for every expert.
-    honest = np.array([[0.9, 0.8, 0.1, 0.2],
-                       [0.7, 0.9, 0.3, 0.1],
-                       [0.6, 0.5, 0.4, 0.2]])
+    honest = np.array([[0.9, 0.8, 0.1, 0.2], [0.7, 0.9, 0.3, 0.1], [0.6, 0.5, 0.4, 0.2]])
     scores = np.vstack([honest, np.ones(4)])
     x = assign(scores, 2, "flexmoe", solver="cvxpy")
     l_min, l_max = load_bounds(np.full(4, 2), 4, 0.0)
@@ -74,9 +84,11 @@ def test_reporting_perfect_fitness_buys_no_extra_load():
     assert np.all((x.sum(axis=0) >= l_min) & (x.sum(axis=0) <= l_max))
     # The honest clients' rows are the best they can get for their own scores, given the bounds and
     # the liar's row: brute force over every feasible assignment that keeps the liar's row.
-    best = max(sum(honest[c, list(rows[c])].sum() for c in range(3))
-               for rows in itertools.product(itertools.combinations(range(4), 2), repeat=3)
-               if np.all(np.bincount(np.concatenate([*map(list, rows), np.flatnonzero(x[3])]), minlength=4) == 2))
+    best = max(
+        sum(honest[c, list(rows[c])].sum() for c in range(3))
+        for rows in itertools.product(itertools.combinations(range(4), 2), repeat=3)
+        if np.all(np.bincount(np.concatenate([*map(list, rows), np.flatnonzero(x[3])]), minlength=4) == 2)
+    )
     assert float((honest * x[:3]).sum()) == pytest.approx(best)
 
 
@@ -85,16 +97,28 @@ def test_the_strategy_refuses_oversized_declarations_and_rejects_inflated_replie
 
     from flexmoe_core.config import Settings
     from server_app.strategy import FlexMoEStrategy, to_record
-    from tests.fake_clients import E, GLOBAL, HonestClient, TamperingClient
+    from tests.fake_clients import GLOBAL, E, HonestClient, TamperingClient
 
     def inflate(arrays, metrics):
         metrics["num-examples"] = 10**9
 
-    clients = {1: HonestClient("a", 2, 1.0, 10), 2: HonestClient("b", 2, 2.0, 10),
-               3: TamperingClient("liar", 2, 50.0, 10, tamper=inflate),
-               4: HonestClient("giant", 2, 9.0, 10**7)}
-    strategy = FlexMoEStrategy(Settings(num_experts=E, capacity=2, min_train_nodes=2, node_wait_timeout=1.0,
-                                        assignment="static", max_declared_examples=10**6), GLOBAL)
+    clients = {
+        1: HonestClient("a", 2, 1.0, 10),
+        2: HonestClient("b", 2, 2.0, 10),
+        3: TamperingClient("liar", 2, 50.0, 10, tamper=inflate),
+        4: HonestClient("giant", 2, 9.0, 10**7),
+    }
+    strategy = FlexMoEStrategy(
+        Settings(
+            num_experts=E,
+            capacity=2,
+            min_train_nodes=2,
+            node_wait_timeout=1.0,
+            assignment="static",
+            max_declared_examples=10**6,
+        ),
+        GLOBAL,
+    )
     grid = fake_grid(clients)
     messages = strategy.configure_train(1, to_record(strategy.global_state), ConfigRecord(), grid)
     assert sorted(strategy.nodes) == [1, 2, 3]  # "giant" declared 10**7 > 10**6 at join: left out

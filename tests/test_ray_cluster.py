@@ -47,8 +47,7 @@ def netns_available() -> bool:
         return False
     userns = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
     try:
-        return subprocess.run(["unshare", *userns, "--net", "true"], capture_output=True,
-                              timeout=20).returncode == 0
+        return subprocess.run(["unshare", *userns, "--net", "true"], capture_output=True, timeout=20).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -68,25 +67,39 @@ def run_demo_and_check(tmp_path: Path, ray_temp: Path, *, netns: bool) -> None:
     results = tmp_path / "results"
     env = os.environ.copy()
     env.pop("RAY_ADDRESS", None)  # the demo's own cluster, never one from the caller's environment
-    env.update(RUN_DIR=str(run_dir), RAY_RUN_DIR=str(run_dir / "ray"), RAY_TEMP_DIR=str(ray_temp),
-               FLWR_HOME=str(tmp_path / "flwr-home"), FLWR_VENV=str(VENV_BIN.parent),
-               RAY_PORT=str(free_port()), SIM_PORT=str(free_port()), RAY_NUM_WORKERS="1",
-               RAY_HEAD_CPUS="1", RAY_WORKER_CPUS="1", RAY_HEAD_GPUS="0", RAY_WORKER_GPUS="0",
-               CLIENT_CPUS="1", CLIENT_GPUS="0.0", SIM_NUM_SUPERNODES=str(NUM_SIMULATED_NODES),
-               RUN_TIMEOUT=str(DEMO_TIMEOUT - 60), STARTUP_TIMEOUT="90",
-               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_DISABLE_UPDATE_CHECK="1",
-               OWNER_PID=str(os.getpid()),  # the cluster ends with this test process, even on SIGKILL
-               PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")
-    overrides = (f"num-server-rounds={NUM_ROUNDS} max-samples-per-client=200 local-epochs=1 "
-                 f"results-dir='{results}'")
+    env.update(
+        RUN_DIR=str(run_dir),
+        RAY_RUN_DIR=str(run_dir / "ray"),
+        RAY_TEMP_DIR=str(ray_temp),
+        FLWR_HOME=str(tmp_path / "flwr-home"),
+        FLWR_VENV=str(VENV_BIN.parent),
+        RAY_PORT=str(free_port()),
+        SIM_PORT=str(free_port()),
+        RAY_NUM_WORKERS="1",
+        RAY_HEAD_CPUS="1",
+        RAY_WORKER_CPUS="1",
+        RAY_HEAD_GPUS="0",
+        RAY_WORKER_GPUS="0",
+        CLIENT_CPUS="1",
+        CLIENT_GPUS="0.0",
+        SIM_NUM_SUPERNODES=str(NUM_SIMULATED_NODES),
+        RUN_TIMEOUT=str(DEMO_TIMEOUT - 60),
+        STARTUP_TIMEOUT="90",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        OWNER_PID=str(os.getpid()),  # the cluster ends with this test process, even on SIGKILL
+        PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    overrides = f"num-server-rounds={NUM_ROUNDS} max-samples-per-client=200 local-epochs=1 results-dir='{results}'"
     command = [str(ROOT / "scripts" / "ray_demo.sh"), *(["--netns"] if netns else []), overrides]
 
     seen: dict[int, str | None] = {}
     log_path = tmp_path / "ray_demo.log"
     deadline = time.monotonic() + DEMO_TIMEOUT
     with log_path.open("w") as log:
-        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True
+        )
         try:
             while proc.poll() is None and time.monotonic() < deadline:
                 # Ray's daemons run in sessions of their own: remember every descendant.

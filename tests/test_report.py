@@ -48,21 +48,40 @@ def test_mean_curve_is_per_round_over_runs_cut_to_the_shortest():
 
 def summary(cell, group, method, seed, accuracy, varied):
     curve = [accuracy * r / 5 for r in range(1, 6)]
-    return {"cell": cell, "group": group, "method": method, "seed": seed, "varied": varied, "wall-seconds": 60.0,
-            "summary": {"accuracy": accuracy, "load-cv": 0.2 if method == "flexmoe" else 0.6,
-                        "cumulative-load-cv": 0.01, "load-jain": 0.9, "routed-load-cv": 0.2,
-                        "bytes-total-per-client": 2048.0, "bytes-total-vs-dense": 0.5,
-                        "bytes-expected-vs-dense": 0.5},
-            "curves": {"accuracy": curve, "load-cv": [0.2] * 5, "load-variance": [0.25] * 5,
-                       "cumulative-load-cv": [0.1] * 5},
-            "holding": {"partition-0": [5, 5, 0, 0], "partition-1": [0, 0, 5, 5]}}
+    return {
+        "cell": cell,
+        "group": group,
+        "method": method,
+        "seed": seed,
+        "varied": varied,
+        "wall-seconds": 60.0,
+        "summary": {
+            "accuracy": accuracy,
+            "load-cv": 0.2 if method == "flexmoe" else 0.6,
+            "cumulative-load-cv": 0.01,
+            "load-jain": 0.9,
+            "routed-load-cv": 0.2,
+            "bytes-total-per-client": 2048.0,
+            "bytes-total-vs-dense": 0.5,
+            "bytes-expected-vs-dense": 0.5,
+        },
+        "curves": {
+            "accuracy": curve,
+            "load-cv": [0.2] * 5,
+            "load-variance": [0.25] * 5,
+            "cumulative-load-cv": [0.1] * 5,
+        },
+        "holding": {"partition-0": [5, 5, 0, 0], "partition-1": [0, 0, 5, 5]},
+    }
 
 
 def test_report_from_synthetic_summaries(tmp_path):
     study = tmp_path / "study.toml"
-    study.write_text('[study]\nseeds = [1, 2]\n[base]\nnum-server-rounds = 5\n'
-                     '[[group]]\nname = "main"\nmethods = ["flexmoe", "greedy"]\n'
-                     'vary = { dataset = ["fashion-mnist"], partition = ["dirichlet", "iid"] }\n')
+    study.write_text(
+        "[study]\nseeds = [1, 2]\n[base]\nnum-server-rounds = 5\n"
+        '[[group]]\nname = "main"\nmethods = ["flexmoe", "greedy"]\n'
+        'vary = { dataset = ["fashion-mnist"], partition = ["dirichlet", "iid"] }\n'
+    )
     runs = tmp_path / "runs"
     runs.mkdir()
     varied = {"dataset": "fashion-mnist", "partition": "dirichlet"}
@@ -78,7 +97,9 @@ def test_report_from_synthetic_summaries(tmp_path):
     assert "+0.1100 ± 0.0141 (n=2)" in row and "**win**" in row
     assert "Cells done: 4 of 8" in text
     assert "`main-flexmoe-fashion-mnist-iid-s1`" in text  # missing cells are listed
-    assert "- FLEX-MoE **wins** against greedy (paired gap above the seed spread) on: fashion-mnist Dirichlet(0.8)" in text
+    assert (
+        "- FLEX-MoE **wins** against greedy (paired gap above the seed spread) on: fashion-mnist Dirichlet(0.8)" in text
+    )
     assert (tmp_path / "docs" / "figures" / "accuracy_fashion-mnist.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "figures" / "heatmap_fashion-mnist_dirichlet.png").is_file()
     assert "](figures/accuracy_fashion-mnist.png)" in text

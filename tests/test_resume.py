@@ -24,9 +24,14 @@ def comparable(rounds):
 
 def run(tmp_path, name, rounds, *, resume=False, first_node_id=1000):
     # fraction-train 0.75 makes sampling depend on the RNG, which the checkpoint must restore.
-    config = run_config(num_server_rounds=rounds, results_dir=str(tmp_path / name), resume=resume,
-                        client_state_dir=str(tmp_path / name / "client-state"), fraction_train=0.75,
-                        assignment="flexmoe")
+    config = run_config(
+        num_server_rounds=rounds,
+        results_dir=str(tmp_path / name),
+        resume=resume,
+        client_state_dir=str(tmp_path / name / "client-state"),
+        fraction_train=0.75,
+        assignment="flexmoe",
+    )
     FederatedRun(Settings.from_run_config(config), federation(config, 4, first_node_id)).execute()
     return tmp_path / name
 
@@ -56,7 +61,8 @@ def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
 
 def test_resume_with_different_experts_is_refused(tmp_path):
     run(tmp_path, "r", 1)
-    config = run_config(results_dir=str(tmp_path / "r"), resume=True, num_experts=8, num_server_rounds=2,
-                        fraction_train=0.75)
+    config = run_config(
+        results_dir=str(tmp_path / "r"), resume=True, num_experts=8, num_server_rounds=2, fraction_train=0.75
+    )
     with pytest.raises(ValueError, match="num-experts: checkpoint 4, now 8"):
         FederatedRun(Settings.from_run_config(config), federation(config, 2))

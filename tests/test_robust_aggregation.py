@@ -9,8 +9,11 @@ from flexmoe_core.aggregation import ClientUpdate, aggregate
 from flexmoe_core.robust_aggregation import robust_aggregate, trim_count
 
 E = 2
-GLOBAL = {"extractor.w": np.zeros(2, np.float32), "experts.0.w": np.zeros(2, np.float32),
-          "experts.1.w": np.zeros(2, np.float32)}
+GLOBAL = {
+    "extractor.w": np.zeros(2, np.float32),
+    "experts.0.w": np.zeros(2, np.float32),
+    "experts.1.w": np.zeros(2, np.float32),
+}
 
 
 def update(extractor, experts, examples=10):
@@ -59,8 +62,12 @@ def test_norm_clip_uses_the_median_norm_pooled_over_all_experts():
     # Expert 0 has two holders, one honest (norm 1) and one attacker (norm 100). A median over
     # expert 0's own holders is 50.5 and would clip the attacker only to 101: no defence. The pool
     # of all four expert updates has norms (1, 100, 1, 1): median 1, bound 2 * 1 = 2.
-    updates = [update([0, 0], {0: [1, 0]}, 10), update([0, 0], {0: [100, 0]}, 10),
-               update([0, 0], {1: [0, 1]}, 10), update([0, 0], {1: [0, 1]}, 10)]
+    updates = [
+        update([0, 0], {0: [1, 0]}, 10),
+        update([0, 0], {0: [100, 0]}, 10),
+        update([0, 0], {1: [0, 1]}, 10),
+        update([0, 0], {1: [0, 1]}, 10),
+    ]
     out = robust_aggregate(GLOBAL, updates, E, "norm-clip", clip_factor=2.0)
     np.testing.assert_allclose(out["experts.0.w"], [(1 + 2) / 2, 0])  # the attacker clipped to norm 2
     np.testing.assert_allclose(out["experts.1.w"], [0, 1])  # honest updates untouched

@@ -19,9 +19,16 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.timeout(600)
 def test_flwr_run_completes_and_survives_a_crashing_client(tmp_path):
     results = tmp_path / "results"
-    run_config = {"num-server-rounds": 2, "num-experts": 4, "capacity-profile": "1,2,2,4",
-                  "max-samples-per-client": 150, "batch-size": 16, "min-train-nodes": 3,
-                  "crash-clients": "partition-3", "results-dir": str(results)}
+    run_config = {
+        "num-server-rounds": 2,
+        "num-experts": 4,
+        "capacity-profile": "1,2,2,4",
+        "max-samples-per-client": 150,
+        "batch-size": 16,
+        "min-train-nodes": 3,
+        "crash-clients": "partition-3",
+        "results-dir": str(results),
+    }
     with SimulationSuperLink(4, flwr_home=str(tmp_path / "flwr-home")) as superlink:
         pid = superlink.process.pid
         outcome = superlink.run(ROOT, run_config, timeout=500, echo=False)
@@ -43,8 +50,12 @@ def test_flwr_run_completes_and_survives_a_crashing_client(tmp_path):
         assert len(list(csv.DictReader(handle))) == 2
     history = json.loads((results / "assignments.json").read_text())
     held = dict(zip(history[-1]["clients"], history[-1]["held"]))
-    assert {c: len(h) for c, h in held.items()} == {"partition-0": 1, "partition-1": 2, "partition-2": 2,
-                                                    "partition-3": 4}
+    assert {c: len(h) for c, h in held.items()} == {
+        "partition-0": 1,
+        "partition-1": 2,
+        "partition-2": 2,
+        "partition-3": 4,
+    }
     assert "partition-3" not in history[-1]["completed"]
     for name in ("accuracy.png", "load_cv.png", "assignment_heatmap.png", "checkpoint.npz", "config.json"):
         assert (results / name).stat().st_size > 0

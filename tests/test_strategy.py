@@ -8,18 +8,29 @@ from flwr.app import ConfigRecord
 
 from flexmoe_core.config import Settings
 from server_app.strategy import FlexMoEStrategy, to_arrays, to_record
-from tests.fake_clients import E, GLOBAL, HonestClient
+from tests.fake_clients import GLOBAL, E, HonestClient
 
 pytestmark = pytest.mark.usefixtures("flower_identity")
 
 # (client id, capacity, value it returns, examples); node ids are arbitrary, as in Flower.
-CLIENTS = {101: ("partition-0", 2, 1.0, 10), 102: ("partition-1", 2, 2.0, 30),
-           103: ("partition-2", 2, 3.0, 20), 104: ("partition-3", 2, 4.0, 40)}
+CLIENTS = {
+    101: ("partition-0", 2, 1.0, 10),
+    102: ("partition-1", 2, 2.0, 30),
+    103: ("partition-2", 2, 3.0, 20),
+    104: ("partition-3", 2, 4.0, 40),
+}
 
 
 def make(fake_grid, assignment="static", **overrides):
-    options = {"num_experts": E, "capacity": 2, "min_train_nodes": 4, "deficit_weight": 0.0,
-               "node_wait_timeout": 1.0, "assignment": assignment, **overrides}
+    options = {
+        "num_experts": E,
+        "capacity": 2,
+        "min_train_nodes": 4,
+        "deficit_weight": 0.0,
+        "node_wait_timeout": 1.0,
+        "assignment": assignment,
+        **overrides,
+    }
     settings = Settings(**options)
     clients = {node: HonestClient(*spec) for node, spec in CLIENTS.items()}
     return FlexMoEStrategy(settings, GLOBAL), fake_grid(clients), clients
@@ -78,15 +89,18 @@ def test_bytes_are_the_serialised_messages_of_both_phases(fake_grid):
     size = lambda m: message_to_proto(m).ByteSize()  # noqa: E731
     train_down = [m for m in grid.sent[-2] if m.metadata.message_type == "train"]
     eval_down = grid.sent[-1]
-    replies = {kind: [size(r) for c in clients.values() for r in c.replies if r.metadata.message_type == kind]
-               for kind in ("train", "evaluate")}
+    replies = {
+        kind: [size(r) for c in clients.values() for r in c.replies if r.metadata.message_type == kind]
+        for kind in ("train", "evaluate")
+    }
     n = len(CLIENTS)
     assert metrics["bytes-down-train-per-client"] == sum(map(size, train_down)) / n
     assert metrics["bytes-down-eval-per-client"] == sum(map(size, eval_down)) / n
     assert metrics["bytes-up-train-per-client"] == sum(replies["train"]) / n
     assert metrics["bytes-up-eval-per-client"] == sum(replies["evaluate"]) / n
     assert metrics["bytes-total-per-client"] == pytest.approx(
-        metrics["bytes-down-per-client"] + metrics["bytes-up-per-client"])
+        metrics["bytes-down-per-client"] + metrics["bytes-up-per-client"]
+    )
     assert metrics["bytes-discovery"] > 0  # the describe exchange of round 1
     # Against dense from the same totals: a dense run of the same round sends and receives the
     # same messages with all 4 experts; its ratio is exactly 1.
@@ -94,7 +108,8 @@ def test_bytes_are_the_serialised_messages_of_both_phases(fake_grid):
     dense_metrics = full_round(dense, dense_grid)
     assert dense_metrics["bytes-total-vs-dense"] == 1.0
     assert metrics["bytes-total-vs-dense"] == pytest.approx(
-        metrics["bytes-total-per-client"] / dense_metrics["bytes-total-per-client"], rel=1e-3)
+        metrics["bytes-total-per-client"] / dense_metrics["bytes-total-per-client"], rel=1e-3
+    )
     # 2 of 4 experts (2 floats each) plus the extractor: clearly below dense, above the array ratio 6/10
     assert 0.6 < metrics["bytes-total-vs-dense"] < 0.9
 
@@ -105,8 +120,12 @@ def test_expert_nobody_held_keeps_its_weights(fake_grid):
     for client in clients.values():
         client.capacity = 1
     _, (arrays, _) = train_round(strategy, grid)
-    trained = {e for msg in grid.sent[-1] if msg.metadata.message_type == "train"
-               for e in clients[msg.metadata.dst_node_id].held(msg)}
+    trained = {
+        e
+        for msg in grid.sent[-1]
+        if msg.metadata.message_type == "train"
+        for e in clients[msg.metadata.dst_node_id].held(msg)
+    }
     assert len(trained) == 2
     for e in set(range(E)) - trained:
         np.testing.assert_array_equal(to_arrays(arrays)[f"experts.{e}.w"], GLOBAL[f"experts.{e}.w"])

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import tomllib
 
 import pytest
+import tomllib
 
-from server_app.launcher import RunOutcome
 from flexmoe_core.study import expand, holding_counts, select
+from server_app.launcher import RunOutcome
 from server_app.sweep import APP_DIR, main, run_cells, validate
 
 STUDY = """
@@ -32,11 +32,16 @@ set = { capacity = 1, top-r = 1 }
 def test_grid_is_the_cartesian_product_with_ids_that_name_every_choice():
     cells = expand(tomllib.loads(STUDY))
     assert [c.id for c in cells] == [
-        "main-flexmoe-fashion-mnist-iid-s1", "main-flexmoe-fashion-mnist-iid-s2",
-        "main-greedy-fashion-mnist-iid-s1", "main-greedy-fashion-mnist-iid-s2",
-        "main-flexmoe-mnist-iid-s1", "main-flexmoe-mnist-iid-s2",
-        "main-greedy-mnist-iid-s1", "main-greedy-mnist-iid-s2",
-        "k1-flexmoe-s7"]
+        "main-flexmoe-fashion-mnist-iid-s1",
+        "main-flexmoe-fashion-mnist-iid-s2",
+        "main-greedy-fashion-mnist-iid-s1",
+        "main-greedy-fashion-mnist-iid-s2",
+        "main-flexmoe-mnist-iid-s1",
+        "main-flexmoe-mnist-iid-s2",
+        "main-greedy-mnist-iid-s1",
+        "main-greedy-mnist-iid-s2",
+        "k1-flexmoe-s7",
+    ]
     k1 = cells[-1]
     assert k1.overrides == {"num-server-rounds": 3, "capacity": 1, "top-r": 1, "assignment": "flexmoe", "seed": 7}
     assert k1.num_supernodes == 4 and cells[0].num_supernodes == 10
@@ -62,7 +67,10 @@ def test_bad_settings_and_unknown_methods_stop_before_any_run(tmp_path):
 def test_only_keeps_the_order_of_the_patterns():
     cells = expand(tomllib.loads(STUDY))
     assert [c.id for c in select(cells, ["k1", "main-greedy-*-s2"])] == [
-        "k1-flexmoe-s7", "main-greedy-fashion-mnist-iid-s2", "main-greedy-mnist-iid-s2"]
+        "k1-flexmoe-s7",
+        "main-greedy-fashion-mnist-iid-s2",
+        "main-greedy-mnist-iid-s2",
+    ]
     with pytest.raises(SystemExit, match="matches no cell"):
         select(cells, ["nothing-*"])
 
@@ -113,7 +121,6 @@ def test_summarised_cells_are_skipped_so_a_sweep_resumes(tmp_path, capsys):
 
 
 def test_holding_counts_count_rounds_per_client_and_expert():
-    records = [{"clients": ["b", "a"], "held": [[0, 1], [2, 3]]},
-               {"clients": ["a"], "held": [[0, 3]]}]
+    records = [{"clients": ["b", "a"], "held": [[0, 1], [2, 3]]}, {"clients": ["a"], "held": [[0, 3]]}]
     assert holding_counts(records, 4) == {"a": [1, 0, 1, 2], "b": [1, 1, 0, 0]}
     assert json.dumps(holding_counts([], 4)) == "{}"

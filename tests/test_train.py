@@ -25,7 +25,7 @@ def synthetic(n: int = 320, seed: int = 0) -> TensorDataset:
     corners = [(0, 0), (0, 10), (10, 0), (10, 10)]
     for i, label in enumerate(y.tolist()):
         r, c = corners[label]
-        x[i, 0, r:r + 6, c:c + 6] += 2.0
+        x[i, 0, r : r + 6, c : c + 6] += 2.0
     return TensorDataset(x, y)
 
 
@@ -85,7 +85,7 @@ def test_feedback_equals_definition_when_weights_do_not_move():
         for e in chosen:
             usage[e] += 1
             correct[e] += float(own[e][i].argmax() == y[i])
-            loss[e] += float(F.cross_entropy(own[e][i:i + 1], y[i:i + 1]))
+            loss[e] += float(F.cross_entropy(own[e][i : i + 1], y[i : i + 1]))
     assert usage.sum() == 2 * 90
     used = usage > 0
     np.testing.assert_array_equal(result.feedback.usage, usage)
@@ -108,8 +108,13 @@ def test_feedback_from_a_hand_made_routing():
     selected = torch.tensor([[0, 1], [1, 2], [0, 1]])
     gate_probs = torch.zeros(3, E)
     gate_probs[:, HELD] = torch.tensor([[0.5, 0.3, 0.2], [0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])
-    routing = Routing(held_experts=tuple(HELD), top1=torch.tensor([1, 4, 1]), selected=selected,
-                      expert_logits=expert_logits, gate_probs=gate_probs)
+    routing = Routing(
+        held_experts=tuple(HELD),
+        top1=torch.tensor([1, 4, 1]),
+        selected=selected,
+        expert_logits=expert_logits,
+        gate_probs=gate_probs,
+    )
     totals = _FeedbackTotals(E, torch.device("cpu"))
     totals.add(expert_logits[:, 0], routing, labels)
     fb = totals.feedback()
@@ -118,10 +123,15 @@ def test_feedback_from_a_hand_made_routing():
     # expert 4 on samples 0, 1, 2: predicts 1 (wrong), 1 (right), 0 (wrong) -> 1/3
     # expert 5 on sample 1: predicts 1 (right) -> 1.0
     np.testing.assert_allclose(fb.accuracy, [0, 1.0, 0, 0, 1 / 3, 1.0])
-    own_loss = F.cross_entropy(expert_logits.reshape(-1, 3), labels.repeat_interleave(3),
-                               reduction="none").view(3, 3)
-    expected_loss = [0, (own_loss[0, 0] + own_loss[2, 0]) / 2, 0, 0,
-                     (own_loss[0, 1] + own_loss[1, 1] + own_loss[2, 1]) / 3, own_loss[1, 2]]
+    own_loss = F.cross_entropy(expert_logits.reshape(-1, 3), labels.repeat_interleave(3), reduction="none").view(3, 3)
+    expected_loss = [
+        0,
+        (own_loss[0, 0] + own_loss[2, 0]) / 2,
+        0,
+        0,
+        (own_loss[0, 1] + own_loss[1, 1] + own_loss[2, 1]) / 3,
+        own_loss[1, 2],
+    ]
     np.testing.assert_allclose(fb.loss, [float(v) for v in expected_loss], rtol=1e-6)
 
 
