@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Context
+from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from flexmoe_core.config import Settings, dataset_shape
 from flexmoe_core.metrics import coefficient_of_variation
 from flexmoe_core.model import build_global_state
 from flexmoe_core.results import ResultsWriter, load_checkpoint, save_checkpoint
-from server_app.strategy import FlexMoEStrategy, to_record
+from server_app.strategy import FlexMoEStrategy
 
 log = logging.getLogger("flexmoe.server")
 app = ServerApp()
@@ -91,31 +91,35 @@ class FederatedRun:
         log.info("run finished: %d rounds, results in %s", len(self.rounds), Path(s.results_dir).resolve())
 
     def _round(self, server_round: int) -> dict[str, Any]:
+        """Discovery, training, evaluation. Server time counts only the strategy's own work
+        (sampling, assignment, aggregation, bookkeeping), never waiting for nodes."""
         timeout = self.settings.round_timeout
         start = time.perf_counter()
+        discovery = self.strategy.discover(self.grid)
+        discovery_seconds = time.perf_counter() - start
         server_seconds = 0.0
 
-        def timed(fn, *args):  # time spent in server-side logic, not waiting for clients
+        def timed(fn, *args):
             nonlocal server_seconds
             t0 = time.perf_counter()
             out = fn(*args)
             server_seconds += time.perf_counter() - t0
             return out
 
-        arrays = to_record(self.strategy.global_state)
-        messages = timed(self.strategy.configure_train, server_round, arrays, ConfigRecord(), self.grid)
+        messages = timed(self.strategy.train_messages, server_round, discovery)
         replies = self.grid.send_and_receive(messages, timeout=timeout)
-        arrays, train_metrics = timed(self.strategy.aggregate_train, server_round, replies)
-        messages = timed(self.strategy.configure_evaluate, server_round, arrays, ConfigRecord(), self.grid)
+        train_metrics = timed(self.strategy.aggregate_train_replies, server_round, replies)
+        messages = timed(self.strategy.evaluate_messages, server_round)
         replies = self.grid.send_and_receive(messages, timeout=timeout) if messages else []
-        eval_metrics = timed(self.strategy.aggregate_evaluate, server_round, replies)
-        row: dict[str, Any] = {"round": server_round}
-        row.update(dict(eval_metrics or {}))
-        row.update(dict(train_metrics or {}))
-        # Server overhead = assignment + aggregation + bookkeeping, not waiting for nodes to join.
-        row["server-seconds"] = server_seconds - row.get("discovery-seconds", 0.0)
-        row["round-seconds"] = time.perf_counter() - start
-        return row
+        eval_metrics = timed(self.strategy.evaluation_metrics, server_round, replies)
+        return {
+            "round": server_round,
+            **eval_metrics,
+            **train_metrics,
+            "discovery-seconds": discovery_seconds,
+            "server-seconds": server_seconds,
+            "round-seconds": time.perf_counter() - start,
+        }
 
     def _add_cumulative_load(self, row: dict[str, Any]) -> None:
         """Expert load summed over all rounds so far: what the deficit term balances when a single
@@ -130,32 +134,19 @@ class FederatedRun:
         self.writer.write_rounds(self.rounds)
         self.writer.write_assignments(self.history, self.strategy.fitness.to_dict())
         self.writer.write_plots(self.rounds, self.history, s.num_experts, f"{s.assignment}, {s.dataset}")
-        state = {
-            "round": server_round,
-            "config": s.to_run_config(),
-            "fitness": self.strategy.fitness.to_dict(),
-            "loads": self.strategy.loads.to_dict(),
-            # Sampling and assignment draw from streams seeded by (seed, round): nothing to save.
-            "run-token": self.strategy.run_token,
-            "rounds": self.rounds,
-            "history": self.history,
-        }
-        save_checkpoint(self.writer.checkpoint_path, self.strategy.global_state, state)
+        server = self.strategy.state_dict()
+        arrays = server.pop("global")
+        state = {"server": server, "config": s.to_run_config(), "rounds": self.rounds, "history": self.history}
+        save_checkpoint(self.writer.checkpoint_path, arrays, state)
 
     def _resume(self) -> None:
         arrays, state = load_checkpoint(self.writer.checkpoint_path)
         _check_compatible(state["config"], self.settings)
-        from flexmoe_core.assignment import LoadTracker
-        from flexmoe_core.fitness import FitnessTable
-
-        self.strategy.global_state = arrays
-        self.strategy.fitness = FitnessTable.from_dict(state["fitness"])
-        self.strategy.loads = LoadTracker.from_dict(state["loads"])
-        self.strategy.run_token = state["run-token"]  # clients find the gates this run stored
+        self.strategy.load_state_dict({**state["server"], "global": arrays})
         self.rounds = state["rounds"]
         self.history = state["history"]
-        self.first_round = int(state["round"]) + 1
-        log.info("resumed from %s after round %d", self.writer.checkpoint_path, state["round"])
+        self.first_round = self.strategy.round + 1
+        log.info("resumed from %s after round %d", self.writer.checkpoint_path, self.strategy.round)
 
 
 # Settings that change what the checkpoint means; the rest (rounds, timeouts, ...) may differ on resume.

@@ -16,7 +16,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -66,7 +66,6 @@ class RoundPlan:
     assignment: np.ndarray
     sent: dict[int, dict[str, np.ndarray]]
     solve_seconds: float
-    discovery_seconds: float  # waiting for and describing new nodes: not server compute
     decision: dict[str, Any] = field(default_factory=dict)  # the inputs of the assignment
     completed: list[int] = field(default_factory=list)
     evaluated: list[str] = field(default_factory=list)  # client ids sent an evaluation
@@ -84,6 +83,14 @@ class RoundPlan:
 
     def held(self, node: int) -> list[int]:
         return np.flatnonzero(self.assignment[self.rows[node]]).tolist()
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """The round loop's first step: the usable connected nodes, and the bytes describing new ones took."""
+
+    ready: list[int]
+    bytes: int
 
 
 @dataclass
@@ -139,7 +146,34 @@ class FlexMoEStrategy(Strategy):
         self._warned: set[int] = set()
         self.plan: RoundPlan | None = None
         self.cohort: list[str] = []  # fixed evaluation cohort (eval-cohort > 0), drawn at the first evaluation
+        self.round = 0  # last round whose training was aggregated
         self.dense_record_bytes = record_bytes(self.global_state)
+
+    # ------------------------------------------------------------------ server state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the server carries from one round to the next; `"global"` holds the arrays,
+        the rest is JSON-safe. The random streams need no state: sampling, assignment and the
+        evaluation cohort draw from generators seeded by (seed, purpose, round) alone."""
+        return {
+            "global": dict(self.global_state),
+            "fitness": self.fitness.to_dict(),
+            "loads": self.loads.to_dict(),
+            "run-token": self.run_token,  # clients find the gates this run stored under it
+            "round": self.round,
+            "cohort": list(self.cohort),
+            "nodes": {str(node): asdict(info) for node, info in self.nodes.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what `state_dict` returned (e.g. from a checkpoint)."""
+        self.global_state = dict(state["global"])
+        self.fitness = FitnessTable.from_dict(state["fitness"])
+        self.loads = LoadTracker.from_dict(state["loads"])
+        self.run_token = str(state["run-token"])
+        self.round = int(state["round"])
+        self.cohort = list(state.get("cohort", []))
+        # Nodes that are no longer connected are dropped at the next discovery (see _admit).
+        self.nodes = {int(node): ClientInfo(**info) for node, info in state.get("nodes", {}).items()}
 
     # ------------------------------------------------------------------ Strategy API
     def summary(self) -> None:
@@ -161,18 +195,24 @@ class FlexMoEStrategy(Strategy):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
+        """Flower's Strategy API (as `Strategy.start` calls it): discovery, then the round's messages.
+        The FLEX-MoE round loop (`server_app.app.FederatedRun`) runs the two steps itself."""
         self.global_state = to_arrays(arrays)
-        waited = time.perf_counter()
-        ready, discovery_bytes = self.wait_for_clients(grid)
-        node_ids = self.sample(ready, server_round)
-        discovery_seconds = time.perf_counter() - waited
+        return self.train_messages(server_round, self.discover(grid), config)
+
+    def train_messages(
+        self, server_round: int, discovery: Discovery, config: ConfigRecord | None = None
+    ) -> list[Message]:
+        """Sample the round's participants, solve the assignment, and build each one's message."""
+        node_ids = self.sample(discovery.ready, server_round)
         clients = [self.nodes[n] for n in node_ids]
         start = time.perf_counter()
         x, decision = self.assign(clients, server_round)
         solve_seconds = time.perf_counter() - start
         sent = {n: select_experts(self.global_state, np.flatnonzero(row).tolist()) for n, row in zip(node_ids, x)}
-        self.plan = RoundPlan(node_ids, clients, x, sent, solve_seconds, discovery_seconds, decision)
-        self.plan.traffic.discovery = discovery_bytes
+        self.plan = RoundPlan(node_ids, clients, x, sent, solve_seconds, decision)
+        self.plan.traffic.discovery = discovery.bytes
+        config = config or ConfigRecord()
         messages = [self._message(n, sent[n], server_round, config, MessageType.TRAIN) for n in node_ids]
         self._count_down(self.plan, "train", messages)
         return messages
@@ -180,6 +220,13 @@ class FlexMoEStrategy(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Flower's Strategy API over `aggregate_train_replies`."""
+        metrics = self.aggregate_train_replies(server_round, replies)
+        return to_record(self.global_state), MetricRecord(metrics)
+
+    def aggregate_train_replies(self, server_round: int, replies: Iterable[Message]) -> dict[str, Any]:
+        """Validate the training replies, aggregate the accepted ones into the global model, and
+        learn the fitness and load deficits from them; returns the round's training metrics."""
         plan = self._require_plan()
         accepted: dict[int, Any] = {}
         failed, rejected = 0, 0
@@ -231,20 +278,26 @@ class FlexMoEStrategy(Strategy):
             clip_factor=s.clip_factor,
         )
         self._learn_from(plan, accepted)
+        self.round = server_round
         plan.metrics = self._train_metrics(plan, accepted, failed, rejected, timed_out)
-        return to_record(self.global_state), MetricRecord(plan.metrics)
+        return plan.metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        # Personalised evaluation: the new global extractor with the client's experts and its own gate,
-        # on its local test split.
+        """Flower's Strategy API over `evaluate_messages`."""
+        self.global_state = to_arrays(arrays)
+        return self.evaluate_messages(server_round, config)
+
+    def evaluate_messages(self, server_round: int, config: ConfigRecord | None = None) -> list[Message]:
+        """Personalised evaluation: the new global extractor with the client's experts and its own
+        gate, on its local test split."""
         plan = self._require_plan()
-        state = to_arrays(arrays)
         targets = self._evaluation_targets(plan, server_round)
         plan.evaluated = [self.nodes[node].client_id for node, _ in targets]
+        config = config or ConfigRecord()
         messages = [
-            self._message(node, select_experts(state, held), server_round, config, MessageType.EVALUATE)
+            self._message(node, select_experts(self.global_state, held), server_round, config, MessageType.EVALUATE)
             for node, held in targets
         ]
         self._count_down(plan, "evaluate", messages)
@@ -276,6 +329,11 @@ class FlexMoEStrategy(Strategy):
         return self.cohort
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Flower's Strategy API over `evaluation_metrics`."""
+        return MetricRecord(self.evaluation_metrics(server_round, replies))
+
+    def evaluation_metrics(self, server_round: int, replies: Iterable[Message]) -> dict[str, Any]:
+        """Accuracy over the valid evaluation replies, plus the round's traffic."""
         plan = self._require_plan()
         outcomes = []
         for reply in replies:
@@ -296,27 +354,23 @@ class FlexMoEStrategy(Strategy):
                 )
         traffic = self._traffic_metrics(plan)
         if not outcomes:
-            return MetricRecord(dict(traffic))
+            return dict(traffic)
         accuracies = np.array([o.accuracy for o in outcomes])
         examples = np.array([o.num_examples for o in outcomes], dtype=float)
         summary = M.accuracy_summary(accuracies, examples)
-        return MetricRecord(
-            {
-                "accuracy": float(summary["mean"]),
-                "accuracy-min": float(summary["min"]),
-                "accuracy-p10": float(summary["p10"]),
-                "accuracy-median": float(summary["median"]),
-                "eval-loss": float(np.average([o.loss for o in outcomes], weights=np.maximum(examples, 1e-12))),
-                "num-evaluated": len(outcomes),
-                **traffic,
-            }
-        )
+        return {
+            "accuracy": float(summary["mean"]),
+            "accuracy-min": float(summary["min"]),
+            "accuracy-p10": float(summary["p10"]),
+            "accuracy-median": float(summary["median"]),
+            "eval-loss": float(np.average([o.loss for o in outcomes], weights=np.maximum(examples, 1e-12))),
+            "num-evaluated": len(outcomes),
+            **traffic,
+        }
 
     # ------------------------------------------------------------------ clients
-    def wait_for_clients(self, grid: Grid) -> tuple[list[int], int]:
-        """Describe newly connected nodes; wait (bounded) until `min-train-nodes` are known.
-
-        Returns the usable connected nodes and the bytes the describe messages took."""
+    def discover(self, grid: Grid) -> Discovery:
+        """Describe newly connected nodes; wait (bounded) until `min-train-nodes` are known."""
         deadline = time.monotonic() + self.settings.node_wait_timeout
         discovery_bytes = 0
         while True:
@@ -325,7 +379,7 @@ class FlexMoEStrategy(Strategy):
             self._admit(connected)
             ready = [n for n in connected if n in self.nodes]
             if len(ready) >= self.settings.min_train_nodes:
-                return ready, discovery_bytes
+                return Discovery(ready, discovery_bytes)
             if time.monotonic() >= deadline:
                 raise RuntimeError(
                     f"only {len(ready)} usable client(s) connected after node-wait-timeout="
@@ -491,7 +545,6 @@ class FlexMoEStrategy(Strategy):
             "routed-load-cv": M.coefficient_of_variation(routed),
             "routed-load-jain": M.jain_index(routed),
             "solve-seconds": plan.solve_seconds,
-            "discovery-seconds": plan.discovery_seconds,
         }
 
     def _traffic_metrics(self, plan: RoundPlan) -> dict[str, float]:

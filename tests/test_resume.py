@@ -47,8 +47,9 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     assert comparable(resumed_rounds) == comparable(full_rounds)
     arrays_full, state_full = load_checkpoint(full / "checkpoint.npz")
     arrays_resumed, state_resumed = load_checkpoint(part / "checkpoint.npz")
-    assert state_resumed["fitness"] == state_full["fitness"]
-    assert state_resumed["loads"] == state_full["loads"]
+    assert state_resumed["server"]["fitness"] == state_full["server"]["fitness"]
+    assert state_resumed["server"]["loads"] == state_full["server"]["loads"]
+    assert state_resumed["server"]["round"] == state_full["server"]["round"] == 3
     for key, value in arrays_full.items():
         np.testing.assert_array_equal(arrays_resumed[key], value)
 
