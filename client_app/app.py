@@ -15,11 +15,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client_app.partitions import FlowerPartitioning
+from flexmoe_core import protocol as P
 from flexmoe_core.config import NodeSettings, Settings, SettingsError, dataset_shape
 from flexmoe_core.data import client_datasets
 from flexmoe_core.model import MoEClassifier, pick_device
 from flexmoe_core.poisoning import flip_labels, poison_update
-from flexmoe_core.replies import held_experts
 from flexmoe_core.seeds import derive_seed
 from flexmoe_core.train import evaluate as evaluate_model
 from flexmoe_core.train import train_local
@@ -28,17 +28,16 @@ app = ClientApp()
 
 GATE_KEY = "gate"
 GATE_ROUND_KEY = "gate-round"
-RUN_TOKEN_KEY = "run-token"  # the server's token of the run, sent with every train / evaluate message
 GATES_KEPT = 3  # on-disk gate snapshots kept, so a server resumed a round or two back finds its gate
 
 
-@app.query("describe")
+@app.query(P.DESCRIBE)
 def describe(msg: Message, context: Context) -> Message:
     """Tell the server who we are (stable client id), how many experts we hold and our data size."""
     settings, node = load_settings(context)
     train_set, _ = local_data(settings, node)
-    info = ConfigRecord({"client-id": node.client_id, "capacity": node.capacity, "num-examples": len(train_set)})
-    return Message(RecordDict({"config": info}), reply_to=msg)
+    info = ConfigRecord({P.CLIENT_ID: node.client_id, P.CAPACITY: node.capacity, P.NUM_EXAMPLES: len(train_set)})
+    return Message(RecordDict({P.CONFIG: info}), reply_to=msg)
 
 
 @app.train()
@@ -46,7 +45,7 @@ def train(msg: Message, context: Context) -> Message:
     settings, node = load_settings(context)
     if node.client_id in settings.crashing_clients:
         raise RuntimeError(f"injected crash of client {node.client_id} (crash-clients setting)")
-    server_round = _config_int(msg, "server-round")
+    server_round = _config_int(msg, P.SERVER_ROUND)
     model = build_model(msg, settings, context, node, gate_round=server_round - 1)
     train_set, _ = local_data(settings, node)
     attacking = node.client_id in settings.attacking_clients
@@ -65,11 +64,11 @@ def train(msg: Message, context: Context) -> Message:
     feedback = result.feedback
     metrics = MetricRecord(
         {
-            "num-examples": int(result.num_examples),
-            "train-loss": float(result.mean_loss),
-            "expert-usage": [float(v) for v in feedback.usage],
-            "expert-accuracy": [float(v) for v in feedback.accuracy],
-            "expert-loss": [float(v) for v in feedback.loss],
+            P.NUM_EXAMPLES: int(result.num_examples),
+            P.TRAIN_LOSS: float(result.mean_loss),
+            P.EXPERT_USAGE: [float(v) for v in feedback.usage],
+            P.EXPERT_ACCURACY: [float(v) for v in feedback.accuracy],
+            P.EXPERT_LOSS: [float(v) for v in feedback.loss],
         }
     )
     trained = model.shared_state_dict()
@@ -83,7 +82,7 @@ def train(msg: Message, context: Context) -> Message:
             seed=derive_seed(settings.seed, "attack", node.client_id, server_round),
         )
     arrays = ArrayRecord({k: Array(v) for k, v in trained.items()})
-    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({P.ARRAYS: arrays, P.METRICS: metrics}), reply_to=msg)
 
 
 def label_flipped(dataset, num_classes: int):
@@ -98,14 +97,14 @@ def label_flipped(dataset, num_classes: int):
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     settings, node = load_settings(context)
-    server_round = _config_int(msg, "server-round")
+    server_round = _config_int(msg, P.SERVER_ROUND)
     model = build_model(msg, settings, context, node, gate_round=server_round)
     _, test_set = local_data(settings, node)
     result = evaluate_model(model, test_set, batch_size=settings.batch_size, device=pick_device())
     metrics = MetricRecord(
-        {"num-examples": int(result.num_examples), "accuracy": float(result.accuracy), "loss": float(result.loss)}
+        {P.NUM_EXAMPLES: int(result.num_examples), P.ACCURACY: float(result.accuracy), P.LOSS: float(result.loss)}
     )
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+    return Message(RecordDict({P.METRICS: metrics}), reply_to=msg)
 
 
 def load_settings(context: Context) -> tuple[Settings, NodeSettings]:
@@ -143,7 +142,7 @@ def build_model(
 ) -> MoEClassifier:
     """A model holding exactly the experts in the message, with this client's own gate."""
     state = _arrays(msg)
-    held = held_experts(state)
+    held = P.held_experts(state)
     shape = dataset_shape(settings.dataset)
     # The extractor and experts are overwritten by the server's arrays; only the gate's initial
     # values are the client's own. Seeded by (seed, client id) alone: the same under every method
@@ -179,7 +178,7 @@ def store_gate(context: Context, node: NodeSettings, model: MoEClassifier, serve
     """Keep the personal gate in the node's state and, if a state dir is set, on disk per round."""
     gate = model.gate_state()
     context.state[GATE_KEY] = ArrayRecord({k: Array(v) for k, v in gate.items()})
-    context.state[GATE_ROUND_KEY] = ConfigRecord({"round": server_round, RUN_TOKEN_KEY: run_token})
+    context.state[GATE_ROUND_KEY] = ConfigRecord({"round": server_round, P.RUN_TOKEN: run_token})
     if node.state_dir:
         folder = gate_folder(node, run_token)
         folder.mkdir(parents=True, exist_ok=True)
@@ -194,7 +193,7 @@ def load_gate(context: Context, node: NodeSettings, wanted_round: int, run_token
     """The gate this run stored after `wanted_round` (disk snapshot if the in-memory one is from
     another round); None (a fresh gate) if this run has stored none."""
     in_memory = None
-    if GATE_KEY in context.state and context.state[GATE_ROUND_KEY].get(RUN_TOKEN_KEY) == run_token:
+    if GATE_KEY in context.state and context.state[GATE_ROUND_KEY].get(P.RUN_TOKEN) == run_token:
         in_memory = {k: v.numpy() for k, v in context.state.array_records[GATE_KEY].items()}
         if _int(context.state[GATE_ROUND_KEY]["round"]) == wanted_round:
             return in_memory
@@ -211,18 +210,18 @@ def _round_of(path: Path) -> int:
 
 
 def _run_token(msg: Message) -> str:
-    token = msg.content["config"].get(RUN_TOKEN_KEY, "")
+    token = msg.content.config_records[P.CONFIG].get(P.RUN_TOKEN, "")
     if not isinstance(token, str) or not token.isalnum():
-        raise ValueError(f"the server sent no valid {RUN_TOKEN_KEY!r} in the config (got {token!r})")
+        raise ValueError(f"the server sent no valid {P.RUN_TOKEN!r} in the config (got {token!r})")
     return token
 
 
 def _arrays(msg: Message) -> dict[str, np.ndarray]:
-    return {key: value.numpy() for key, value in msg.content.array_records["arrays"].items()}
+    return {key: value.numpy() for key, value in msg.content.array_records[P.ARRAYS].items()}
 
 
 def _config_int(msg: Message, key: str) -> int:
-    return _int(msg.content.config_records["config"][key])
+    return _int(msg.content.config_records[P.CONFIG][key])
 
 
 def _int(value: object) -> int:

@@ -16,26 +16,15 @@ The server's global state holds the extractor and all E experts, never a gate.
 from __future__ import annotations
 
 import numbers
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-EXTRACTOR_PREFIX = "extractor."
-EXPERTS_PREFIX = "experts."
-GATE_PREFIX = "gate."
-
-_EXPERT_KEY = re.compile(r"^experts\.(\d+)\.")
+from flexmoe_core.protocol import EXTRACTOR_PREFIX, GATE_PREFIX, expert_of
 
 State = Mapping[str, np.ndarray]
-
-
-def expert_of(key: str) -> int | None:
-    """The expert id of an `experts.{e}.` key, or None for any other key."""
-    match = _EXPERT_KEY.match(key)
-    return int(match.group(1)) if match else None
 
 
 def split_groups(

@@ -24,13 +24,11 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from flexmoe_core.protocol import GATE_PREFIX
+
 ARCHS = ("cnn", "resnet")
 FEATURE_DIM = 128
 """Width of the extractor's output, the input of every expert and of the gate."""
-
-EXTRACTOR_PREFIX = "extractor."
-EXPERTS_PREFIX = "experts."
-GATE_PREFIX = "gate."
 
 
 def pick_device() -> torch.device:

@@ -16,15 +16,19 @@ from typing import Any
 import numpy as np
 
 from flexmoe_core.aggregation import ClientUpdate
-
-# Metric keys of the ClientApp's replies (kebab-case, Flower convention).
-NUM_EXAMPLES = "num-examples"
-TRAIN_LOSS = "train-loss"
-EXPERT_USAGE = "expert-usage"
-EXPERT_ACCURACY = "expert-accuracy"
-EXPERT_LOSS = "expert-loss"
-ACCURACY = "accuracy"
-LOSS = "loss"
+from flexmoe_core.protocol import (
+    ACCURACY,
+    ARRAYS,
+    CAPACITY,
+    CLIENT_ID,
+    EXPERT_ACCURACY,
+    EXPERT_LOSS,
+    EXPERT_USAGE,
+    LOSS,
+    NUM_EXAMPLES,
+    TRAIN_LOSS,
+    held_experts,
+)
 
 
 class ReplyError(ValueError):
@@ -86,6 +90,27 @@ def validate_train_reply(
     return TrainFeedback(update=update, accuracy=accuracy, loss=loss, train_loss=train_loss)
 
 
+@dataclass(frozen=True)
+class ClientInfo:
+    """What a node told us about itself (a validated describe reply): stable identity, how many
+    experts it can hold and its declared training-set size."""
+
+    client_id: str
+    capacity: int
+    num_examples: int
+
+
+def validate_description(config: Mapping[str, Any], num_experts: int, max_examples: int) -> ClientInfo:
+    """Check a describe reply's config (what a node says about itself when it joins)."""
+    client_id = config.get(CLIENT_ID)
+    capacity = config.get(CAPACITY)
+    if not isinstance(client_id, str) or not client_id:
+        raise ReplyError(CLIENT_ID, f"must be a non-empty string, got {client_id!r}")
+    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= num_experts:
+        raise ReplyError(CAPACITY, f"must be an integer in 1..num-experts={num_experts}, got {capacity!r}")
+    return ClientInfo(client_id, capacity, check_declared_examples(config.get(NUM_EXAMPLES, 0), max_examples))
+
+
 def check_declared_examples(value: Any, ceiling: int) -> int:
     """A join-time size declaration: a non-negative integer not above `max-declared-examples`."""
     count = _count({NUM_EXAMPLES: value}, NUM_EXAMPLES)
@@ -103,26 +128,21 @@ def validate_eval_reply(metrics: Mapping[str, Any]) -> EvalOutcome:
     )
 
 
-def held_experts(state: Mapping[str, np.ndarray]) -> list[int]:
-    """Expert ids present in a state dict (keys `experts.{e}.*`)."""
-    return sorted({int(key.split(".")[1]) for key in state if key.startswith("experts.")})
-
-
 def _check_arrays(sent: Mapping[str, np.ndarray], arrays: Mapping[str, np.ndarray]) -> None:
     extra = sorted(set(arrays) - set(sent))
     if extra:
-        raise ReplyError("arrays", f"keys that were not sent to this client: {extra[:5]}")
+        raise ReplyError(ARRAYS, f"keys that were not sent to this client: {extra[:5]}")
     missing = sorted(set(sent) - set(arrays))
     if missing:
-        raise ReplyError("arrays", f"missing keys that were sent: {missing[:5]}")
+        raise ReplyError(ARRAYS, f"missing keys that were sent: {missing[:5]}")
     for key, reference in sent.items():
         value = arrays[key]
         if value.shape != reference.shape:
-            raise ReplyError(f"arrays[{key}]", f"shape {value.shape}, expected {reference.shape}")
+            raise ReplyError(f"{ARRAYS}[{key}]", f"shape {value.shape}, expected {reference.shape}")
         if value.dtype != reference.dtype:
-            raise ReplyError(f"arrays[{key}]", f"dtype {value.dtype}, expected {reference.dtype}")
+            raise ReplyError(f"{ARRAYS}[{key}]", f"dtype {value.dtype}, expected {reference.dtype}")
         if not np.all(np.isfinite(value)):
-            raise ReplyError(f"arrays[{key}]", "contains NaN or Inf")
+            raise ReplyError(f"{ARRAYS}[{key}]", "contains NaN or Inf")
 
 
 def _count(metrics: Mapping[str, Any], key: str) -> int:

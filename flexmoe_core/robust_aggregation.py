@@ -36,7 +36,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from flexmoe_core.aggregation import ClientUpdate, State, aggregate, expert_of
+from flexmoe_core.aggregation import ClientUpdate, State, aggregate
+from flexmoe_core.protocol import expert_of, is_extractor
 
 ROBUST_METHODS = ("none", "norm-clip", "trimmed-mean", "median")
 
@@ -109,7 +110,7 @@ def _group_of(key: str) -> str | None:
     expert = expert_of(key)
     if expert is not None:
         return f"expert-{expert}"
-    return "extractor" if key.startswith("extractor.") else None
+    return "extractor" if is_extractor(key) else None
 
 
 def _kind(group: str) -> str:

@@ -26,35 +26,30 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from flexmoe_core import metrics as M
+from flexmoe_core import protocol as P
 from flexmoe_core.aggregation import select_experts
 from flexmoe_core.assignment import LoadTracker, assign
 from flexmoe_core.config import Settings
 from flexmoe_core.fitness import FitnessTable
-from flexmoe_core.replies import ReplyError, check_declared_examples, validate_eval_reply, validate_train_reply
+from flexmoe_core.replies import (
+    ClientInfo,
+    ReplyError,
+    validate_description,
+    validate_eval_reply,
+    validate_train_reply,
+)
 from flexmoe_core.robust_aggregation import robust_aggregate
 from flexmoe_core.seeds import round_rng
 
 log = logging.getLogger("flexmoe.server")
 
-DESCRIBE = f"{MessageType.QUERY}.describe"
-# Sent with every train / evaluate message: clients keep their gates under it, so a gate
-# stored by one run is never found by another (a resumed run keeps its token).
-RUN_TOKEN_KEY = "run-token"
+DESCRIBE = f"{MessageType.QUERY}.{P.DESCRIBE}"
 # Random streams, each seeded from (seed, purpose, round) alone: the participants of a
 # round never depend on how many numbers the assignment rule drew (see flexmoe_core.seeds).
 SAMPLING_STREAM = "sampling"
 ASSIGNMENT_STREAM = "assignment"
 EVAL_ASSIGNMENT_STREAM = "eval-assignment"
 EVAL_COHORT_STREAM = "eval-cohort"
-
-
-@dataclass(frozen=True)
-class ClientInfo:
-    """What a node told us about itself: stable identity and how many experts it can hold."""
-
-    client_id: str
-    capacity: int
-    num_examples: int
 
 
 @dataclass
@@ -347,7 +342,7 @@ class FlexMoEStrategy(Strategy):
                 )
                 continue
             try:
-                outcomes.append(validate_eval_reply(dict(reply.content["metrics"])))
+                outcomes.append(validate_eval_reply(dict(reply.content.metric_records[P.METRICS])))
             except (ReplyError, KeyError) as err:
                 log.warning(
                     "round %d: rejected evaluation of node %d: %s", server_round, reply.metadata.src_node_id, err
@@ -399,7 +394,7 @@ class FlexMoEStrategy(Strategy):
             return 0
         messages = [
             Message(
-                RecordDict({"config": ConfigRecord({"num-experts": self.num_experts})}),
+                RecordDict({P.CONFIG: ConfigRecord({P.NUM_EXPERTS: self.num_experts})}),
                 message_type=DESCRIBE,
                 dst_node_id=n,
             )
@@ -410,10 +405,10 @@ class FlexMoEStrategy(Strategy):
             traffic += message_bytes(reply)
             node = reply.metadata.src_node_id
             try:
-                self.refused[node] = _client_info(
-                    reply,
-                    self.num_experts,  # admitted by _admit
-                    self.settings.max_declared_examples,
+                if reply.has_error():
+                    raise ReplyError("describe", reply.error.reason or "error without a reason")
+                self.refused[node] = validate_description(  # admitted by _admit
+                    reply.content.config_records[P.CONFIG], self.num_experts, self.settings.max_declared_examples
                 )
             except (ReplyError, KeyError) as err:
                 log.warning("node %d could not describe itself and is left out: %s", node, err)
@@ -571,7 +566,7 @@ class FlexMoEStrategy(Strategy):
     def _count_down(self, plan: RoundPlan, phase: str, messages: list[Message]) -> None:
         for message in messages:
             plan.traffic.down[phase] += message_bytes(message)
-            sent = array_record_to_proto(message.content.array_records["arrays"]).ByteSize()
+            sent = array_record_to_proto(message.content.array_records[P.ARRAYS]).ByteSize()
             plan.traffic.dense_extra += self.dense_record_bytes - sent
 
     def assignment_record(self, server_round: int) -> dict[str, Any]:
@@ -592,9 +587,9 @@ class FlexMoEStrategy(Strategy):
         self, node: int, arrays: Mapping[str, np.ndarray], server_round: int, config: ConfigRecord, message_type: str
     ) -> Message:
         # A fresh RecordDict per node: each client gets its own expert subset.
-        round_config = ConfigRecord({**dict(config), "server-round": server_round, RUN_TOKEN_KEY: self.run_token})
+        round_config = ConfigRecord({**dict(config), P.SERVER_ROUND: server_round, P.RUN_TOKEN: self.run_token})
         return Message(
-            RecordDict({"arrays": to_record(arrays), "config": round_config}),
+            RecordDict({P.ARRAYS: to_record(arrays), P.CONFIG: round_config}),
             message_type=message_type,
             dst_node_id=node,
         )
@@ -607,22 +602,8 @@ class FlexMoEStrategy(Strategy):
 
 def _train_content(reply: Message) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     content = reply.content
-    if "arrays" not in content.array_records:
-        raise ReplyError("arrays", "the reply carries no ArrayRecord 'arrays'")
-    if "metrics" not in content.metric_records:
-        raise ReplyError("metrics", "the reply carries no MetricRecord 'metrics'")
-    return to_arrays(content.array_records["arrays"]), dict(content.metric_records["metrics"])
-
-
-def _client_info(reply: Message, num_experts: int, max_examples: int) -> ClientInfo:
-    if reply.has_error():
-        raise ReplyError("describe", reply.error.reason or "error without a reason")
-    config = reply.content["config"]
-    client_id = config.get("client-id")
-    capacity = config.get("capacity")
-    num_examples = config.get("num-examples", 0)
-    if not isinstance(client_id, str) or not client_id:
-        raise ReplyError("client-id", f"must be a non-empty string, got {client_id!r}")
-    if isinstance(capacity, bool) or not isinstance(capacity, int) or not 1 <= capacity <= num_experts:
-        raise ReplyError("capacity", f"must be an integer in 1..num-experts={num_experts}, got {capacity!r}")
-    return ClientInfo(client_id, capacity, check_declared_examples(num_examples, max_examples))
+    if P.ARRAYS not in content.array_records:
+        raise ReplyError(P.ARRAYS, f"the reply carries no ArrayRecord {P.ARRAYS!r}")
+    if P.METRICS not in content.metric_records:
+        raise ReplyError(P.METRICS, f"the reply carries no MetricRecord {P.METRICS!r}")
+    return to_arrays(content.array_records[P.ARRAYS]), dict(content.metric_records[P.METRICS])

@@ -8,11 +8,11 @@ import pytest
 from flexmoe_core.aggregation import (
     ClientUpdate,
     aggregate,
-    expert_of,
     payload_bytes,
     select_experts,
     split_groups,
 )
+from flexmoe_core.protocol import expert_of, held_experts
 
 f32 = np.float32
 
@@ -216,3 +216,9 @@ def test_payload_bytes_sums_array_sizes():
     assert payload_bytes(g) == 7 * 4 + 8
     assert payload_bytes(select_experts(g, [0])) == (2 + 2) * 4 + 8
     assert payload_bytes({}) == 0
+
+
+def test_held_experts_parses_expert_ids_from_state_keys():
+    keys = ["extractor.w", "experts.3.fc.weight", "experts.3.fc.bias", "experts.10.w", "gate.weight", "my.experts.2.w"]
+    assert held_experts(keys) == [3, 10]
+    assert held_experts([]) == []

@@ -1,0 +1,71 @@
+"""The wire protocol between the FLEX-MoE server and its clients (Flower-free names and parsers).
+
+Every message is a Flower `RecordDict`; the server, the client and reply validation take
+the record names, config and metric keys and the state-key layout from here only.
+
+Server -> client
+  describe (query):  config {NUM_EXPERTS}
+  train / evaluate:  arrays (the extractor + the client's experts), config {SERVER_ROUND, RUN_TOKEN}
+Client -> server
+  describe reply:    config {CLIENT_ID, CAPACITY, NUM_EXAMPLES (training-set size)}
+  train reply:       arrays (same keys as sent), metrics {NUM_EXAMPLES, TRAIN_LOSS, EXPERT_USAGE,
+                     EXPERT_ACCURACY, EXPERT_LOSS} (per-expert lists have E entries)
+  evaluate reply:    metrics {NUM_EXAMPLES, ACCURACY, LOSS}
+
+State keys: `extractor.*` (shared feature extractor), `experts.{e}.*` (expert e), `gate.*`
+(the client's own router, never sent).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+# Record names inside a message's RecordDict.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+
+# The describe query's message subtype (sent as "query.describe").
+DESCRIBE = "describe"
+
+# Config keys.
+SERVER_ROUND = "server-round"
+RUN_TOKEN = "run-token"  # the run's token: clients keep gates under it, so no other run finds them
+NUM_EXPERTS = "num-experts"
+CLIENT_ID = "client-id"
+CAPACITY = "capacity"
+
+# Metric keys (kebab-case, Flower's convention); NUM_EXAMPLES is also a describe config key.
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train-loss"
+EXPERT_USAGE = "expert-usage"
+EXPERT_ACCURACY = "expert-accuracy"
+EXPERT_LOSS = "expert-loss"
+ACCURACY = "accuracy"
+LOSS = "loss"
+
+# State-key prefixes.
+EXTRACTOR_PREFIX = "extractor."
+EXPERTS_PREFIX = "experts."
+GATE_PREFIX = "gate."
+_EXPERT_KEY = re.compile(r"^experts\.(\d+)\.")
+
+
+def expert_of(key: str) -> int | None:
+    """The expert id of an `experts.{e}.` key, or None for any other key."""
+    match = _EXPERT_KEY.match(key)
+    return int(match.group(1)) if match else None
+
+
+def is_extractor(key: str) -> bool:
+    return key.startswith(EXTRACTOR_PREFIX)
+
+
+def is_gate(key: str) -> bool:
+    return key.startswith(GATE_PREFIX)
+
+
+def held_experts(keys: Iterable[str]) -> list[int]:
+    """Expert ids present among state keys, ascending."""
+    return sorted({e for key in keys if (e := expert_of(key)) is not None})
