@@ -8,6 +8,7 @@ gate, trains, and returns exactly the keys it was sent, plus per-expert feedback
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from flexmoe_core.config import NodeSettings, Settings, SettingsError, dataset_s
 from flexmoe_core.data import client_datasets
 from flexmoe_core.model import MoEClassifier, pick_device
 from flexmoe_core.poisoning import flip_labels, poison_update
+from flexmoe_core.results import atomic_write_bytes
 from flexmoe_core.seeds import derive_seed
 from flexmoe_core.train import evaluate as evaluate_model
 from flexmoe_core.train import train_local
@@ -143,20 +145,11 @@ def build_model(
     """A model holding exactly the experts in the message, with this client's own gate."""
     state = _arrays(msg)
     held = P.held_experts(state)
-    shape = dataset_shape(settings.dataset)
     # The extractor and experts are overwritten by the server's arrays; only the gate's initial
     # values are the client's own. Seeded by (seed, client id) alone: the same under every method
     # and capacity, and reproducible, so a resumed run equals an uninterrupted one.
     model = MoEClassifier(
-        settings.num_experts,
-        held,
-        num_classes=shape.num_classes,
-        in_channels=shape.in_channels,
-        image_size=shape.image_size,
-        arch=settings.model,
-        top_r=settings.top_r,
-        expert_hidden=settings.expert_hidden,
-        gate_seed=initial_gate_seed(settings, node),
+        settings.num_experts, held, gate_seed=initial_gate_seed(settings, node), **settings.model_kwargs()
     )
     model.load_shared_state(state)
     gate = load_gate(context, node, gate_round, _run_token(msg))
@@ -182,9 +175,9 @@ def store_gate(context: Context, node: NodeSettings, model: MoEClassifier, serve
     if node.state_dir:
         folder = gate_folder(node, run_token)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".gate-round{server_round}.tmp.npz"
-        np.savez(tmp, allow_pickle=False, **gate)
-        tmp.replace(folder / f"gate-round{server_round}.npz")
+        buffer = io.BytesIO()
+        np.savez(buffer, allow_pickle=False, **gate)
+        atomic_write_bytes(folder / f"gate-round{server_round}.npz", buffer.getvalue())
         for old in sorted(folder.glob("gate-round*.npz"), key=_round_of)[:-GATES_KEPT]:
             old.unlink(missing_ok=True)
 

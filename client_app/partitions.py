@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from flexmoe_core import checks
 from flexmoe_core.config import PARTITIONS, Settings
 
 
@@ -83,8 +84,7 @@ def partition_indices(
         raise ValueError(
             f"num_partitions must be an integer in 1..{len(labels)} (the number of samples), got {num_partitions!r}"
         )
-    if scheme not in PARTITIONS:
-        raise ValueError(f"partition scheme must be one of {PARTITIONS}, got {scheme!r}")
+    checks.choice("partition scheme", scheme, PARTITIONS)
 
     # Imported here: `datasets` takes seconds to import and only partitioning needs it.
     from datasets import Dataset

@@ -15,43 +15,16 @@ The server's global state holds the extractor and all E experts, never a gate.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from flexmoe_core import checks
 from flexmoe_core.protocol import EXTRACTOR_PREFIX, GATE_PREFIX, expert_of
 
 State = Mapping[str, np.ndarray]
-
-
-def split_groups(
-    state: State,
-) -> tuple[dict[str, np.ndarray], dict[int, dict[str, np.ndarray]], dict[str, np.ndarray]]:
-    """Split a state into (extractor, {expert id: expert keys}, gate), keys unchanged.
-
-    Raises ValueError for a key that belongs to none of the three groups: such a key
-    would otherwise be silently dropped from every download or aggregate.
-    """
-    extractor: dict[str, np.ndarray] = {}
-    experts: dict[int, dict[str, np.ndarray]] = {}
-    gate: dict[str, np.ndarray] = {}
-    for key, value in state.items():
-        expert = expert_of(key)
-        if expert is not None:
-            experts.setdefault(expert, {})[key] = value
-        elif key.startswith(EXTRACTOR_PREFIX):
-            extractor[key] = value
-        elif key.startswith(GATE_PREFIX):
-            gate[key] = value
-        else:
-            raise ValueError(
-                f"state key {key!r} has no known prefix; allowed: {EXTRACTOR_PREFIX!r}, "
-                f"'experts.{{e}}.', {GATE_PREFIX!r}"
-            )
-    return extractor, experts, gate
 
 
 @dataclass(frozen=True)
@@ -72,8 +45,7 @@ class ClientUpdate:
 
     def __post_init__(self) -> None:
         count = self.num_examples
-        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
-            raise ValueError(f"num_examples must be an integer >= 0, got {count!r}")
+        checks.integer("num_examples", count, minimum=0)
         usage = np.asarray(self.usage, dtype=np.float64)
         if usage.ndim != 1:
             raise ValueError(f"usage must be a 1-D array (one value per expert), got shape {usage.shape}")
@@ -85,9 +57,7 @@ class ClientUpdate:
 
 
 def _check_num_experts(num_experts: Any) -> int:
-    if isinstance(num_experts, bool) or not isinstance(num_experts, numbers.Integral) or num_experts < 1:
-        raise ValueError(f"num_experts must be a positive integer, got {num_experts!r}")
-    return int(num_experts)
+    return checks.integer("num_experts", num_experts, minimum=1)
 
 
 def _check_update(index: int, update: ClientUpdate, global_state: State, num_experts: int) -> None:
@@ -178,11 +148,8 @@ def select_experts(global_state: State, held: Iterable[int]) -> dict[str, np.nda
 
     Raises ValueError for a repeated expert id or one with no keys in the global state.
     """
-    held_ids = list(held)
-    for e in held_ids:
-        if isinstance(e, bool) or not isinstance(e, numbers.Integral):
-            raise ValueError(f"held expert ids must be integers, got {e!r} in {held_ids!r}")
-    wanted = {int(e) for e in held_ids}
+    held_ids = checks.integers("held expert ids", held)
+    wanted = set(held_ids)
     if len(wanted) != len(held_ids):
         raise ValueError(f"held expert ids must not repeat, got {held_ids!r}")
     present = {expert_of(key) for key in global_state} - {None}

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from flexmoe_core import checks
 from flexmoe_core.transport import solve_balanced_assignment
 
 METHODS = ("flexmoe", "greedy", "random", "static", "dense")
@@ -412,10 +413,8 @@ def assign(
         ValueError: bad input, checked before any solving.
         RuntimeError: a solver failed or returned an invalid assignment.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    checks.choice("method", method, METHODS)
+    checks.choice("solver", solver, SOLVERS)
     score_matrix = _as_scores(scores)
     num_clients, num_experts = score_matrix.shape
     capacity_vector = _as_capacity(capacity, num_clients, num_experts)

@@ -14,17 +14,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# Each choice tuple is declared once, by the module that implements the choices.
+from flexmoe_core.assignment import METHODS as ASSIGNMENT_METHODS
+from flexmoe_core.assignment import SOLVERS
+
 # The one source of dataset shapes (constants only: importing it loads no data).
 from flexmoe_core.data import SPECS
 from flexmoe_core.data import spec_of as dataset_shape  # noqa: F401 - re-exported for the apps
+from flexmoe_core.fitness import MODES as FITNESS_MODES
+from flexmoe_core.model import ARCHS as MODELS
 from flexmoe_core.poisoning import ATTACKS
 from flexmoe_core.robust_aggregation import ROBUST_METHODS
 
-ASSIGNMENT_METHODS = ("flexmoe", "greedy", "random", "static", "dense")
-SOLVERS = ("auto", "cvxpy", "fast")
-FITNESS_MODES = ("accuracy", "loss")
-PARTITIONS = ("iid", "dirichlet", "classes")
-MODELS = ("cnn", "resnet")
+PARTITIONS = ("iid", "dirichlet", "classes")  # implemented in client_app.partitions (flwr-datasets)
 
 
 class SettingsError(ValueError):
@@ -174,6 +176,19 @@ class Settings:
     def capacities(self) -> tuple[int, ...]:
         """The heterogeneous capacity profile (empty when every client uses `capacity`)."""
         return tuple(_parse_profile(self.capacity_profile, []))
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The architecture these settings describe, as `MoEClassifier` / `build_global_state` take it:
+        the one place where server and client derive the model from the settings."""
+        shape = dataset_shape(self.dataset)
+        return {
+            "num_classes": shape.num_classes,
+            "in_channels": shape.in_channels,
+            "image_size": shape.image_size,
+            "arch": self.model,
+            "top_r": self.top_r,
+            "expert_hidden": self.expert_hidden,
+        }
 
     def capacity_for(self, partition_id: int | None) -> int:
         """Simulation capacity of a partition: the profile cycled over partitions, else `capacity`."""

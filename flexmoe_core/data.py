@@ -37,6 +37,8 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from flexmoe_core import checks
+
 DATASETS = ("fashion-mnist", "mnist", "cifar10", "emnist", "emnist-balanced", "gtsrb")
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -515,8 +517,7 @@ def client_datasets(
     rounds.
     """
     spec = spec_of(name)
-    if isinstance(num_partitions, bool) or not isinstance(num_partitions, (int, np.integer)) or num_partitions < 1:
-        raise ValueError(f"num_partitions must be an integer >= 1, got {num_partitions!r}")
+    checks.integer("num_partitions", num_partitions, minimum=1)
     if (
         isinstance(partition_id, bool)
         or not isinstance(partition_id, (int, np.integer))
@@ -539,21 +540,6 @@ def client_datasets(
         _tensor_dataset(arrays.train_x, arrays.train_y, train_idx, spec),
         _tensor_dataset(arrays.train_x, arrays.train_y, test_idx, spec),
     )
-
-
-def global_test_dataset(
-    name: str,
-    *,
-    max_samples: int | None = None,
-    data_dir: str | os.PathLike[str] | None = None,
-    allow_download: bool = False,
-) -> TensorDataset:
-    """The dataset's own test split (e.g. for a centralised evaluation on the server),
-    optionally only its first ``max_samples`` samples."""
-    spec = spec_of(name)
-    arrays = load_dataset(name, data_dir, allow_download)
-    count = len(arrays.test_y) if not max_samples else min(int(max_samples), len(arrays.test_y))
-    return _tensor_dataset(arrays.test_x, arrays.test_y, np.arange(count), spec)
 
 
 def _local_order(partition: np.ndarray, seed: int, partition_id: int) -> np.ndarray:

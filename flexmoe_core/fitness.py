@@ -17,16 +17,13 @@ a client that never uses it.
 
 from __future__ import annotations
 
-import json
 import math
-import numbers
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from flexmoe_core import checks
 
 MODES = ("accuracy", "loss")
 UNUSED_SCORE = 0.0
@@ -38,10 +35,7 @@ _FORMAT_VERSION = 1
 
 
 def _check_positive_int(name: str, value: Any) -> int:
-    # bool is an Integral in Python; True experts is a bug, not a count.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+    return checks.integer(name, value, minimum=1)
 
 
 def _check_finite_float(name: str, value: Any) -> float:
@@ -84,8 +78,7 @@ class FitnessTable:
         initial: float = 1.0,
     ) -> None:
         self._num_experts = _check_positive_int("num_experts", num_experts)
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        checks.choice("mode", mode, MODES)
         self._mode = mode
         beta = _check_finite_float("ema_beta", ema_beta)
         if not 0.0 < beta <= 1.0:
@@ -211,11 +204,7 @@ class FitnessTable:
         return row
 
     def _check_held(self, held: Sequence[int]) -> np.ndarray:
-        values = list(held)
-        for e in values:
-            if isinstance(e, bool) or not isinstance(e, numbers.Integral):
-                raise ValueError(f"held expert ids must be integers, got {e!r} in {values!r}")
-        ids = np.asarray([int(e) for e in values], dtype=np.int64)
+        ids = np.asarray(checks.integers("held expert ids", held), dtype=np.int64)
         bad = ids[(ids < 0) | (ids >= self._num_experts)]
         if bad.size:
             raise ValueError(
@@ -280,25 +269,3 @@ class FitnessTable:
                 raise ValueError(f"fitness row of client {cid!r} must be {table.num_experts} finite numbers")
             table._rows[cid] = row
         return table
-
-    def save(self, path: str | os.PathLike[str]) -> None:
-        """Write the table as JSON atomically: a crash never leaves a half-written file."""
-        target = Path(path)
-        # The temporary file lives in the target directory so os.replace stays a rename
-        # within one file system (atomic), never a copy across devices.
-        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.to_dict(), handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
-            raise
-
-    @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> FitnessTable:
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))

@@ -64,18 +64,6 @@ def jain_index(v: Any) -> float:
     return float(array.sum() ** 2 / (array.size * squares))
 
 
-def load_summary(v: Any) -> dict[str, float]:
-    """Balance figures of one load vector, for per-round logging."""
-    array = _vector("v", v)
-    return {
-        "variance": variance(array),
-        "cv": coefficient_of_variation(array),
-        "jain": jain_index(array),
-        "min": float(array.min()),
-        "max": float(array.max()),
-    }
-
-
 def accuracy_summary(accuracies: Any, num_examples: Any) -> dict[str, float]:
     """Federation accuracy and its spread across clients.
 

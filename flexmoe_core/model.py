@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from flexmoe_core import checks
 from flexmoe_core.protocol import GATE_PREFIX
 
 ARCHS = ("cnn", "resnet")
@@ -205,8 +206,7 @@ class MoEClassifier(nn.Module):
             top_r=top_r,
             expert_hidden=expert_hidden,
         )
-        if arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+        checks.choice("arch", arch, ARCHS)
         self.num_experts = int(num_experts)
         self.num_classes = int(num_classes)
         self.arch = arch
@@ -356,9 +356,8 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 
 def _validated_held(num_experts: int, held_experts: Sequence[int]) -> tuple[int, ...]:
-    if isinstance(num_experts, bool) or not isinstance(num_experts, (int, np.integer)) or num_experts < 1:
-        raise ValueError(f"num_experts must be an integer >= 1, got {num_experts!r}")
-    held = [int(e) for e in held_experts]
+    checks.integer("num_experts", num_experts, minimum=1)
+    held = checks.integers("held_experts", held_experts)
     if not held:
         raise ValueError("held_experts must name at least one expert, got an empty list")
     out_of_range = [e for e in held if not 0 <= e < num_experts]
@@ -372,5 +371,4 @@ def _validated_held(num_experts: int, held_experts: Sequence[int]) -> tuple[int,
 def _validate_sizes(**sizes: int) -> None:
     minimum = {"num_classes": 2, "in_channels": 1, "image_size": 4, "top_r": 1, "expert_hidden": 1}
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum[name]:
-            raise ValueError(f"{name} must be an integer >= {minimum[name]}, got {value!r}")
+        checks.integer(name, value, minimum=minimum[name])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,8 @@ import matplotlib
 matplotlib.use("Agg")  # headless: servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+from flexmoe_core.results import atomic_write_bytes  # noqa: E402
 
 
 def write_all(
@@ -118,11 +120,11 @@ def _natural_key(name: str) -> tuple[str, int]:
     return (prefix, int(suffix)) if suffix.isdigit() else (name, -1)
 
 
-def _save(fig: plt.Figure, path: Path) -> Path:
-    # Saved beside the target and renamed, so an interrupted run never leaves a broken PNG.
-    tmp = path.with_name(f".{path.stem}.tmp.png")
+def _save(fig: plt.Figure, path: Path, dpi: int = 110) -> Path:
+    """Render to memory and write atomically, so an interrupted run never leaves a broken PNG."""
+    buffer = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(buffer, format="png", dpi=dpi)
     plt.close(fig)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, buffer.getvalue())
     return path

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from flexmoe_core import checks
+
 ATTACKS = ("none", "scale", "sign-flip", "noise", "label-flip")
 MODEL_ATTACKS = ("scale", "sign-flip", "noise")
 
@@ -26,8 +28,7 @@ def poison_update(
     sent: Mapping[str, np.ndarray], trained: Mapping[str, np.ndarray], attack: str, scale: float, seed: int
 ) -> dict[str, np.ndarray]:
     """What an attacking client sends instead of `trained` (unchanged for none / label-flip)."""
-    if attack not in ATTACKS:
-        raise ValueError(f"attack must be one of {ATTACKS}, got {attack!r}")
+    checks.choice("attack", attack, ATTACKS)
     if attack not in MODEL_ATTACKS:
         return {k: np.array(v, copy=True) for k, v in trained.items()}
     rng = np.random.default_rng(seed)

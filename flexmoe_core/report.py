@@ -334,13 +334,9 @@ def _plt():
 
 
 def _save(fig: Any, path: Path) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
-    _plt().close(fig)
-    tmp.replace(path)
-    return path.name
+    from flexmoe_core.plots import _save as save_png
+
+    return save_png(fig, path, dpi=100).name
 
 
 def curves_figure(runs: Runs, dataset: str, partitions: Sequence[str], key: str, ylabel: str, path: Path) -> str:

@@ -36,6 +36,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from flexmoe_core import checks
 from flexmoe_core.aggregation import ClientUpdate, State, aggregate
 from flexmoe_core.protocol import expert_of, is_extractor
 
@@ -52,8 +53,7 @@ def robust_aggregate(
     clip_factor: float = 2.0,
 ) -> dict[str, np.ndarray]:
     """The new global state under the chosen defence (see the module docstring)."""
-    if method not in ROBUST_METHODS:
-        raise ValueError(f"robust aggregation must be one of {ROBUST_METHODS}, got {method!r}")
+    checks.choice("robust aggregation", method, ROBUST_METHODS)
     if not 0.0 <= trim_fraction < 0.5:
         raise ValueError(f"trim_fraction must lie in [0, 0.5), got {trim_fraction!r}")
     if not clip_factor > 0.0:

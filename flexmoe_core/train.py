@@ -12,8 +12,6 @@ experts the gate selected (with top-r routing a sample is in r of these sets):
                   has its trained weights averaged in;
 * ``accuracy[e]`` accuracy of expert e's OWN logits on D[c, e];
 * ``loss[e]``     mean cross-entropy of expert e's OWN logits on D[c, e];
-* ``routing_mass[e]`` sum over the last epoch's samples of e's gate probability (the
-                  soft alternative to ``usage`` the design mentions).
 
 A held expert with empty D[c, e] reports usage 0 and accuracy = loss = 0; the server
 reads usage 0 as "held and never used" and scores it 0 (see ``FitnessTable.update``),
@@ -37,6 +35,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from flexmoe_core import checks
 from flexmoe_core.model import MoEClassifier, Routing
 
 
@@ -47,7 +46,6 @@ class ExpertFeedback:
     usage: np.ndarray  # int64
     accuracy: np.ndarray  # float64, 0 where usage is 0
     loss: np.ndarray  # float64, 0 where usage is 0
-    routing_mass: np.ndarray  # float64
 
 
 @dataclass
@@ -145,7 +143,6 @@ class _FeedbackTotals:
         self.usage = zeros(torch.int64)
         self.correct = zeros(torch.float64)
         self.loss_sum = zeros(torch.float64)
-        self.mass = zeros(torch.float64)
         self.mixture_loss_sum = 0.0
         self.samples = 0
 
@@ -164,7 +161,6 @@ class _FeedbackTotals:
         self.usage.index_add_(0, held_ids, selected.sum(dim=0).long())
         self.correct.index_add_(0, held_ids, (selected * own_correct).sum(dim=0))
         self.loss_sum.index_add_(0, held_ids, (selected * own_loss).sum(dim=0))
-        self.mass += routing.gate_probs.detach().double().sum(dim=0)
         self.mixture_loss_sum += float(F.cross_entropy(mixture_logits, labels, reduction="sum"))
         self.samples += int(labels.shape[0])
 
@@ -178,10 +174,8 @@ class _FeedbackTotals:
             usage=usage,
             accuracy=self.correct.cpu().numpy() / denominator,
             loss=self.loss_sum.cpu().numpy() / denominator,
-            routing_mass=self.mass.cpu().numpy().astype(np.float64),
         )
 
 
 def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    checks.integer(name, value, minimum=1)

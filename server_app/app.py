@@ -12,7 +12,7 @@ import numpy as np
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from flexmoe_core.config import Settings, dataset_shape
+from flexmoe_core.config import Settings
 from flexmoe_core.metrics import coefficient_of_variation
 from flexmoe_core.model import build_global_state
 from flexmoe_core.results import ResultsWriter, load_checkpoint, save_checkpoint
@@ -33,17 +33,7 @@ def main(grid: Grid, context: Context) -> None:
 
 def initial_global_state(settings: Settings, *, seed: int) -> dict[str, Any]:
     """The global model (extractor + all E experts) these settings describe, from `seed`."""
-    shape = dataset_shape(settings.dataset)
-    return build_global_state(
-        settings.num_experts,
-        num_classes=shape.num_classes,
-        in_channels=shape.in_channels,
-        image_size=shape.image_size,
-        arch=settings.model,
-        top_r=settings.top_r,
-        expert_hidden=settings.expert_hidden,
-        seed=seed,
-    )
+    return build_global_state(settings.num_experts, seed=seed, **settings.model_kwargs())
 
 
 class FederatedRun:

@@ -10,7 +10,6 @@ from flexmoe_core.aggregation import (
     aggregate,
     payload_bytes,
     select_experts,
-    split_groups,
 )
 from flexmoe_core.protocol import expert_of, held_experts
 
@@ -59,17 +58,6 @@ def test_expert_of_parses_expert_keys_only():
     assert expert_of("gate.weight") is None
     assert expert_of("experts.x.weight") is None
     assert expert_of("my.experts.1.weight") is None
-
-
-def test_split_groups_separates_the_three_parameter_groups():
-    state = {**global_state(), "gate.w": np.zeros(1)}
-    extractor, experts, gate = split_groups(state)
-    assert sorted(extractor) == ["extractor.steps", "extractor.w"]
-    assert sorted(experts) == [0, 1, 2]
-    assert list(experts[2]) == ["experts.2.w"]
-    assert list(gate) == ["gate.w"]
-    with pytest.raises(ValueError, match="prefix"):
-        split_groups({"head.w": np.zeros(1)})
 
 
 def test_aggregate_matches_hand_computed_averages():

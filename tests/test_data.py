@@ -371,8 +371,8 @@ def test_client_settings_are_validated(tmp_path, kwargs, message):
         data.client_datasets("cifar10", data_dir=tmp_path, **kwargs)
 
 
-def test_global_test_dataset(tmp_path):
+def test_cifar10_test_split_is_read_too(tmp_path):
     write_cifar10(tmp_path)
-    test = data.global_test_dataset("cifar10", data_dir=tmp_path, max_samples=4)
-    assert test.tensors[0].shape == (4, 3, 32, 32)
-    assert test.tensors[1].tolist() == [0, 1, 2, 3]
+    arrays = data.load_dataset("cifar10", tmp_path, False)
+    assert arrays.test_x.shape[1:] == (32, 32, 3)
+    assert arrays.test_y[:4].tolist() == [0, 1, 2, 3]

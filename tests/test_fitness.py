@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -126,18 +125,6 @@ def test_to_dict_from_dict_round_trip_through_json_is_exact():
     for t in (table, restored):
         t.update("node-2", [0], accuracy=[0.0, 0.0, 0.0], loss=[0.9, 0.0, 0.0])
     assert np.array_equal(restored.scores(["node-2"]), table.scores(["node-2"]))
-
-
-def test_save_and_load_round_trip_exactly_and_leave_no_temp_file(tmp_path):
-    table = _filled_table()
-    path = tmp_path / "fitness.json"
-    table.save(path)
-    table.save(path)  # overwriting an existing checkpoint works too
-    assert sorted(os.listdir(tmp_path)) == ["fitness.json"]
-    loaded = FitnessTable.load(path)
-    assert loaded.to_dict() == table.to_dict()
-    for cid in table.client_ids:
-        assert np.array_equal(loaded.row(cid), table.row(cid))
 
 
 def test_from_dict_rejects_foreign_or_broken_snapshots():

@@ -12,7 +12,6 @@ from flexmoe_core.metrics import (
     coefficient_of_variation,
     expert_load,
     jain_index,
-    load_summary,
     variance,
 )
 
@@ -67,21 +66,6 @@ def test_cv_and_jain_are_scale_free():
     assert jain_index(7 * v) == pytest.approx(jain_index(v), rel=1e-14)
 
 
-def test_load_summary_collects_all_balance_figures():
-    summary = load_summary([1, 2, 3])
-    assert summary == pytest.approx(
-        {
-            "variance": 2.0 / 3.0,
-            "cv": math.sqrt(2.0 / 3.0) / 2.0,
-            "jain": 6.0 / 7.0,
-            "min": 1.0,
-            "max": 3.0,
-        },
-        rel=1e-15,
-    )
-    assert all(type(value) is float for value in summary.values())
-
-
 def test_accuracy_summary_on_known_example():
     acc = [0.5, 0.9, 0.7, 0.1, 0.8]
     examples = [10, 30, 20, 0, 40]
@@ -116,7 +100,7 @@ def test_accuracy_summary_rejects_bad_input(acc, examples, message):
         accuracy_summary(acc, examples)
 
 
-@pytest.mark.parametrize("func", [variance, coefficient_of_variation, jain_index, load_summary])
+@pytest.mark.parametrize("func", [variance, coefficient_of_variation, jain_index])
 @pytest.mark.parametrize("bad", [[], [[1, 2], [3, 4]], [1.0, float("inf")]])
 def test_vector_metrics_reject_empty_2d_or_non_finite(func, bad):
     with pytest.raises(ValueError):
