@@ -32,7 +32,7 @@
 #                  wheel in WHEELHOUSE (podman), else the default index's build, which
 #                  pulls ~3 GB of CUDA libraries                               [auto]
 #   WHEELHOUSE     local wheel directory mounted into the build (podman)  [pip's find-links]
-#   FLWR_VERSION   Flower version of the base images (must match pyproject)   [1.41.0]
+#   FLWR_VERSION   Flower version of the base images (must match pyproject)   [1.42.0]
 #   FLEXMOE_IMAGE  tag of the app's SuperExec image           [localhost/flexmoe-superexec:latest]
 #   PROJECT        compose project name (containers, network, volume)        [flexmoe-smoke]
 #   SUPERLINK_PORT host port of the SuperLink                                 [a free port]
@@ -58,7 +58,7 @@ REBUILD_BASE="${REBUILD_BASE:-0}"
 TORCH_SOURCE="${TORCH_SOURCE:-auto}"
 TORCH_INDEX_URL="${TORCH_INDEX_URL:-https://download.pytorch.org/whl/cpu}"
 WHEELHOUSE="${WHEELHOUSE:-}"
-FLWR_VERSION="${FLWR_VERSION:-1.41.0}"
+FLWR_VERSION="${FLWR_VERSION:-1.42.0}"
 FLEXMOE_IMAGE="${FLEXMOE_IMAGE:-localhost/flexmoe-superexec:latest}"
 LOCAL_ROOTFS_IMAGE="${LOCAL_ROOTFS_IMAGE:-localhost/flexmoe-debian-python:bookworm}"
 LOCAL_FLWR_IMAGE="${LOCAL_FLWR_IMAGE:-localhost/flwr-superexec-local:$FLWR_VERSION}"

@@ -344,6 +344,8 @@ def curves_figure(runs: Runs, dataset: str, partitions: Sequence[str], key: str,
     plt = _plt()
     fig, axes = plt.subplots(1, len(partitions), figsize=(4.6 * len(partitions), 3.6), squeeze=False)
     for ax, partition in zip(axes[0], partitions):
+        if not runs.select("main", dataset=dataset, partition=partition):
+            ax.text(0.5, 0.5, "no runs yet", ha="center", va="center", transform=ax.transAxes, color="gray")
         for method in METHODS:
             chosen = runs.select("main", method, dataset=dataset, partition=partition)
             if not chosen:
@@ -613,18 +615,44 @@ def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path
     return out
 
 
+README_START, README_END = "<!-- study-main-table:start -->", "<!-- study-main-table:end -->"
+
+
+def quote_in_readme(readme: Path, report: Path) -> bool:
+    """Copy the report's main table between the README's markers, so the quote never goes stale."""
+    if not readme.is_file():
+        return False
+    text, lines = readme.read_text(), report.read_text().splitlines()
+    if README_START not in text or README_END not in text:
+        return False
+    start = next(i for i, line in enumerate(lines) if line.startswith("| dataset | partition | flexmoe"))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    head, _, rest = text.partition(README_START)
+    _, _, tail = rest.partition(README_END)
+    readme.write_text(f"{head}{README_START}\n" + "\n".join(lines[start:end]) + f"\n{README_END}{tail}")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--summaries", type=Path, default=ROOT / "docs" / "study" / "runs")
     parser.add_argument("--study", type=Path, default=ROOT / "conf" / "study.toml")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=ROOT / "README.md",
+        help="README whose quoted main table (between markers) is refreshed; '' for none",
+    )
     args = parser.parse_args(argv)
     for name, path in (("--summaries", args.summaries), ("--study", args.study)):
         if not path.exists():
             raise SystemExit(f"{name}: no such path {path}")
     path = write_report(args.summaries.resolve(), args.study.resolve(), args.out.resolve(), args.figures.resolve())
     print(f"wrote {path} and its figures in {args.figures}")
+    if args.readme and quote_in_readme(args.readme, path):
+        print(f"updated the main table quoted in {args.readme}")
     return 0
 
 

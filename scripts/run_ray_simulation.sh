@@ -7,9 +7,9 @@
 #   scripts/run_ray_simulation.sh            # the cluster of scripts/ray_cluster.sh start
 #
 # Each argument is one `--run-config` value: override strings "k1=v1 k2=v2", or a single
-# TOML file of overrides (relative to APP_DIR); Flower 1.41 refuses a mix of both.
+# TOML file of overrides (relative to APP_DIR); Flower 1.42 refuses a mix of both.
 #
-# How Flower 1.41 reaches the cluster: its Ray backend calls ray.init() in the
+# How Flower 1.42 reaches the cluster: its Ray backend calls ray.init() in the
 # flwr-simulation process, which joins the cluster named by RAY_ADDRESS (Ray reads the
 # variable). That process is started by the SuperLink and inherits its environment, so
 # this script starts its own simulation SuperLink with RAY_ADDRESS set (the `local` one
@@ -63,7 +63,7 @@ trap 'exit 143' TERM
 wait_for "simulation SuperLink" "$RUN_DIR/sim_superlink.pid" "$RUN_DIR/logs/sim_superlink.log" \
     "$STARTUP_TIMEOUT" superlink_healthy
 
-# A named connection to it in $FLWR_HOME/config.toml (Flower 1.41 keeps connections
+# A named connection to it in $FLWR_HOME/config.toml (Flower 1.42 keeps connections
 # there, not in pyproject.toml); other entries of the file are kept.
 python3 - "$CONNECTION" "127.0.0.1:$SIM_PORT" <<'PY'
 import os, sys, tomllib
@@ -82,7 +82,7 @@ path.write_text(tomli_w.dumps(config))
 PY
 
 # The simulation settings travel with the run (the `options.` entries of config.toml
-# are deprecated in 1.41).
+# are deprecated in 1.42).
 RUN_ARGS=(--federation-config "num-supernodes=$SIM_NUM_SUPERNODES client-resources-num-cpus=$CLIENT_CPUS client-resources-num-gpus=$CLIENT_GPUS")
 for override in "$@"; do RUN_ARGS+=(--run-config "$override"); done
 SUBMIT=$(cd "$APP_DIR" && flwr run . "$CONNECTION" "${RUN_ARGS[@]}" --format json) ||

@@ -121,11 +121,11 @@ class FederatedRun:
     def _persist(self, server_round: int) -> None:
         """Results first, checkpoint last: a checkpoint never points past results on disk."""
         s = self.settings
-        self.writer.write_rounds(self.rounds)
-        self.writer.write_assignments(self.history, self.strategy.fitness.to_dict())
-        self.writer.write_plots(self.rounds, self.history, s.num_experts, f"{s.assignment}, {s.dataset}")
         server = self.strategy.state_dict()
         arrays = server.pop("global")
+        self.writer.write_rounds(self.rounds)
+        self.writer.write_assignments(self.history, server["fitness"])
+        self.writer.write_plots(self.rounds, self.history, s.num_experts, f"{s.assignment}, {s.dataset}")
         state = {"server": server, "config": s.to_run_config(), "rounds": self.rounds, "history": self.history}
         save_checkpoint(self.writer.checkpoint_path, arrays, state)
 
@@ -135,8 +135,8 @@ class FederatedRun:
         self.strategy.load_state_dict({**state["server"], "global": arrays})
         self.rounds = state["rounds"]
         self.history = state["history"]
-        self.first_round = self.strategy.round + 1
-        log.info("resumed from %s after round %d", self.writer.checkpoint_path, self.strategy.round)
+        self.first_round = int(state["server"]["round"]) + 1
+        log.info("resumed from %s after round %d", self.writer.checkpoint_path, self.first_round - 1)
 
 
 # Settings that change what the checkpoint means; the rest (rounds, timeouts, ...) may differ on resume.

@@ -103,3 +103,20 @@ def test_report_from_synthetic_summaries(tmp_path):
     assert (tmp_path / "docs" / "figures" / "accuracy_fashion-mnist.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "figures" / "heatmap_fashion-mnist_dirichlet.png").is_file()
     assert "](figures/accuracy_fashion-mnist.png)" in text
+
+
+def test_readme_quote_is_replaced_between_markers_only(tmp_path):
+    from flexmoe_core.report import README_END, README_START, quote_in_readme
+
+    report = tmp_path / "results.md"
+    report.write_text("# R\n\n| dataset | partition | flexmoe |\n|---|---|---|\n| fm | iid | 0.9 |\n\ntext\n")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"before\n{README_START}\nold table\n{README_END}\nafter\n")
+    assert quote_in_readme(readme, report)
+    assert readme.read_text() == (
+        f"before\n{README_START}\n| dataset | partition | flexmoe |\n|---|---|---|\n"
+        f"| fm | iid | 0.9 |\n{README_END}\nafter\n"
+    )
+    plain = tmp_path / "plain.md"
+    plain.write_text("no markers\n")
+    assert not quote_in_readme(plain, report) and plain.read_text() == "no markers\n"
