@@ -526,6 +526,10 @@ def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path
         f"Cells done: {len(cells) - len(missing)} of {len(cells)}. Total wall time of these runs on the "
         f"2-core reference machine: {runs.wall_seconds / 3600:.2f} h (sum of per-run wall times, start-up included).",
         "",
+        f"Runs made with Flower {', '.join(sorted({str(r.get('flwr')) for r in runs.all})) or '—'} at commit(s) "
+        f"{', '.join(sorted({str(r.get('commit')) for r in runs.all})) or '—'} (the refactorings since change no "
+        "result; see the README).",
+        "",
         f"Every cell: {base.get('num-experts', 8)} experts, k = {base.get('capacity', 2)}, top-r = "
         f"{base.get('top-r', 2)}, {base.get('num-server-rounds')} rounds, {base.get('max-samples-per-client')} "
         f"samples per client, {base.get('local-epochs')} local epoch, 10 clients unless stated; seeds 1-3 "
