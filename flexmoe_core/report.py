@@ -489,8 +489,12 @@ def reading(rows: Sequence[Mapping[str, Any]], runs: Runs) -> list[str]:
 
 
 def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path) -> Path:
-    runs = Runs(load_summaries(summaries_dir))
     cells = expand(tomllib.loads(study_file.read_text()))
+    wanted = {c.id: c.overrides for c in cells}
+    loaded = load_summaries(summaries_dir)
+    # Only summaries of the study file's cells as it now defines them; others are stale and ignored.
+    runs = Runs([r for r in loaded if wanted.get(r["cell"]) == r.get("run-config")])
+    ignored = len(loaded) - len(runs.all)
     have = {r["cell"] for r in runs.all}
     missing = [c for c in cells if c.id not in have]
     main_cells = [c for c in cells if c.group == "main"]
@@ -523,7 +527,9 @@ def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path
         f"(grid: `{study_file.relative_to(ROOT) if study_file.is_relative_to(ROOT) else study_file}`, run with "
         "`python -m server_app.sweep`; any single cell re-runs with "
         "`python -m server_app.sweep --only <cell> --force`). "
-        f"Cells done: {len(cells) - len(missing)} of {len(cells)}. Total wall time of these runs on the "
+        f"Cells done: {len(cells) - len(missing)} of {len(cells)}"
+        + (f" ({ignored} summaries of other run configs ignored)" if ignored else "")
+        + ". Total wall time of these runs on the "
         f"2-core reference machine: {runs.wall_seconds / 3600:.2f} h (sum of per-run wall times, start-up included).",
         "",
         f"Runs made with Flower {', '.join(sorted({str(r.get('flwr')) for r in runs.all})) or '—'} at commit(s) "
@@ -532,7 +538,7 @@ def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path
         "",
         f"Every cell: {base.get('num-experts', 8)} experts, k = {base.get('capacity', 2)}, top-r = "
         f"{base.get('top-r', 2)}, {base.get('num-server-rounds')} rounds, {base.get('max-samples-per-client')} "
-        f"samples per client, {base.get('local-epochs')} local epoch, 10 clients unless stated; seeds 1-3 "
+        f"samples per client, {base.get('local-epochs')} local epoch(s) per round, 10 clients unless stated; seeds 1-3 "
         "(ablations 1-2). Methods differ only in the assignment rule: same seed = same partitions, initial "
         "model, initial gates, participants and data order. Accuracy is the final round's example-weighted "
         "mean of the clients' personalised test accuracy; mean ± std over seeds.",

@@ -59,6 +59,14 @@ def validate(cells: list[Cell], results_root: Path) -> None:
         raise SystemExit("study file: bad settings\n  " + "\n  ".join(errors))
 
 
+def summary_status(cell: Cell, summaries: Path) -> str:
+    """`done` (a summary of exactly this cell's run config), `stale` (the study file changed since) or `todo`."""
+    path = summaries / f"{cell.id}.json"
+    if not path.is_file():
+        return "todo"
+    return "done" if json.loads(path.read_text()).get("run-config") == cell.overrides else "stale"
+
+
 def run_summary(cell: Cell, results_dir: Path, outcome: RunOutcome) -> dict[str, Any]:
     """What the report needs from one run: its definition, final figures, per-round curves and
     how often each client held each expert (for the heatmaps)."""
@@ -153,14 +161,16 @@ def main(argv: list[str] | None = None) -> int:
         cells = select(cells, [w.strip() for w in args.only.split(",") if w.strip()])
     summaries, results = args.summaries.resolve(), args.results.resolve()
     validate(cells, results)
-    done = {c.id for c in cells if (summaries / f"{c.id}.json").is_file()}
+    status = {c.id: summary_status(c, summaries) for c in cells}
     if args.list:
         for cell in cells:
-            print(f"{'done' if cell.id in done else 'todo'}  {cell.id}")
+            print(f"{status[cell.id]:5s} {cell.id}")
         return 0
-    todo = [c for c in cells if args.force or c.id not in done]
+    todo = [c for c in cells if args.force or status[c.id] != "done"]
+    stale = sum(1 for c in cells if status[c.id] == "stale")
     print(
-        f"{len(cells)} cells, {len(cells) - len(todo)} already summarised in {summaries}, {len(todo)} to run",
+        f"{len(cells)} cells, {len(cells) - len(todo)} already summarised in {summaries}, {len(todo)} to run"
+        + (f" ({stale} with a summary of another run config: re-run)" if stale else ""),
         flush=True,
     )
     if not todo:

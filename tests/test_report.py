@@ -49,6 +49,7 @@ def test_mean_curve_is_per_round_over_runs_cut_to_the_shortest():
 def summary(cell, group, method, seed, accuracy, varied):
     curve = [accuracy * r / 5 for r in range(1, 6)]
     return {
+        "run-config": {"num-server-rounds": 5, **varied, "assignment": method, "seed": seed},
         "cell": cell,
         "group": group,
         "method": method,
@@ -89,13 +90,18 @@ def test_report_from_synthetic_summaries(tmp_path):
     for method, seed, acc in [("flexmoe", 1, 0.80), ("flexmoe", 2, 0.82), ("greedy", 1, 0.70), ("greedy", 2, 0.70)]:
         cell = f"main-{method}-fashion-mnist-dirichlet-s{seed}"
         (runs / f"{cell}.json").write_text(json.dumps(summary(cell, "main", method, seed, acc, varied)))
+    iid = {"dataset": "fashion-mnist", "partition": "iid"}
+    stale = summary("main-flexmoe-fashion-mnist-iid-s1", "main", "flexmoe", 1, 0.99, iid)
+    stale["run-config"]["num-server-rounds"] = 50  # made under another study file: ignored
+    (runs / "main-flexmoe-fashion-mnist-iid-s1.json").write_text(json.dumps(stale))
     out = tmp_path / "docs" / "results.md"
     write_report(runs, study, out, tmp_path / "docs" / "figures")
     text = out.read_text()
     row = next(line for line in text.splitlines() if line.startswith("| fashion-mnist | Dirichlet(0.8)"))
     assert "0.8100 ± 0.0141" in row and "0.7000 ± 0.0000" in row
     assert "+0.1100 ± 0.0141 (n=2)" in row and "**win**" in row
-    assert "Cells done: 4 of 8" in text
+    assert "Cells done: 4 of 8 (1 summaries of other run configs ignored)" in text
+    assert "0.9900" not in text
     assert "`main-flexmoe-fashion-mnist-iid-s1`" in text  # missing cells are listed
     assert (
         "- FLEX-MoE **wins** against greedy (paired gap above the seed spread) on: fashion-mnist Dirichlet(0.8)" in text

@@ -111,13 +111,17 @@ def test_summarised_cells_are_skipped_so_a_sweep_resumes(tmp_path, capsys):
     summaries.mkdir()
     cells = expand(tomllib.loads(STUDY))
     for cell in cells:
-        (summaries / f"{cell.id}.json").write_text("{}")
+        (summaries / f"{cell.id}.json").write_text(json.dumps({"run-config": cell.overrides}))
     assert main(["--study", str(study), "--summaries", str(summaries), "--results", str(tmp_path / "r")]) == 0
     assert "9 cells, 9 already summarised" in capsys.readouterr().out
     (summaries / f"{cells[0].id}.json").unlink()
     assert main(["--study", str(study), "--summaries", str(summaries), "--list"]) == 0
     listing = capsys.readouterr().out.splitlines()
     assert listing[0] == f"todo  {cells[0].id}" and all(line.startswith("done") for line in listing[1:])
+    # A summary of another run config (the study file changed since) is stale, not done.
+    (summaries / f"{cells[1].id}.json").write_text(json.dumps({"run-config": {**cells[1].overrides, "lr": 9.0}}))
+    assert main(["--study", str(study), "--summaries", str(summaries), "--list"]) == 0
+    assert capsys.readouterr().out.splitlines()[1] == f"stale {cells[1].id}"
 
 
 def test_holding_counts_count_rounds_per_client_and_expert():
