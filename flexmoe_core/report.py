@@ -635,11 +635,15 @@ def quote_in_readme(readme: Path, report: Path) -> bool:
     text, lines = readme.read_text(), report.read_text().splitlines()
     if README_START not in text or README_END not in text:
         return False
-    start = next(i for i, line in enumerate(lines) if line.startswith("| dataset | partition | flexmoe"))
-    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    start = next((i for i, line in enumerate(lines) if line.startswith("| dataset | partition | flexmoe")), None)
+    if start is None:
+        quoted = ["_No main-grid runs yet._"]
+    else:
+        end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+        quoted = lines[start:end]
     head, _, rest = text.partition(README_START)
     _, _, tail = rest.partition(README_END)
-    readme.write_text(f"{head}{README_START}\n" + "\n".join(lines[start:end]) + f"\n{README_END}{tail}")
+    readme.write_text(f"{head}{README_START}\n" + "\n".join(quoted) + f"\n{README_END}{tail}")
     return True
 
 
