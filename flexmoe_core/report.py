@@ -272,7 +272,7 @@ def capacity_rows(runs: Runs) -> dict[int, dict[str, tuple[float, float]]]:
 
 
 def capacity_table(rows: Mapping[int, Mapping[str, tuple[float, float]]]) -> str:
-    methods = [m for m in METHODS if m != "dense"]
+    methods = [m for m in METHODS if all(m in rows[k] for k in rows)] or ["flexmoe", "greedy"]
     body = [[k, *(fmt(*rows[k][m]) if m in rows[k] else "—" for m in methods)] for k in rows]
     return table(["k", *methods], body)
 
