@@ -481,11 +481,14 @@ def reading(rows: Sequence[Mapping[str, Any]], runs: Runs) -> list[str]:
     pairs = _matched(runs, "flexmoe", "dense")
     if pairs:
         flex, dense = (float(np.mean([p[k] for p in pairs])) for k in (0, 1))
-        relation = "above" if flex > dense else "below"
+        why = (
+            "accuracy is personalised: fewer, specialised experts per client need not cost accuracy"
+            if flex > dense
+            else "the price of holding 2 of 8 experts"
+        )
         lines.append(
             f"- Against dense (all 8 experts, no capacity limit), on the {len(pairs)} (setting, seed) runs "
-            f"both have: FLEX-MoE {flex:.4f}, dense {dense:.4f} (FLEX-MoE {relation} by {abs(flex - dense):.4f}; "
-            "accuracy is personalised, so holding fewer, specialised experts need not cost accuracy)."
+            f"both have: FLEX-MoE {flex:.4f}, dense {dense:.4f} ({why})."
         )
     return lines
 
