@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import tomllib
 
-from flexmoe_core.study import expand
+from flexmoe_core.study import Cell, expand
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("flexmoe", "greedy", "random", "static", "dense")
@@ -502,6 +502,20 @@ def reading(rows: Sequence[Mapping[str, Any]], runs: Runs) -> list[str]:
     return lines
 
 
+def _slack_bounds(cells: Sequence[Cell]) -> str:
+    """The integer load bounds each load-slack of the study gives (L* = clients x k / E)."""
+    slacks = sorted({c.overrides["load-slack"] for c in cells if c.group == "load-slack"})
+    if not slacks:
+        return ""
+    cell = next(c for c in cells if c.group == "load-slack")
+    target = cell.num_supernodes * cell.overrides.get("capacity", 2) / cell.overrides.get("num-experts", 8)
+    bounds = ", ".join(f"{s} → [{math.floor(target * (1 - s))}, {math.ceil(target * (1 + s))}]" for s in [0.0, *slacks])
+    return (
+        f"Load-slack s bounds every expert's load to [floor(L*(1−s)), ceil(L*(1+s))] with L* = {target:g} here: "
+        f"{bounds}; values with the same bounds give the same runs."
+    )
+
+
 def _matched(runs: Runs, a: str, b: str) -> list[tuple[float, float]]:
     """(accuracy of a, accuracy of b) over the main-grid (dataset, partition, seed) both have."""
 
@@ -616,7 +630,7 @@ def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path
         "",
         "Partial participation: 100 clients, 10 sampled per round; accuracy is measured on a fixed cohort of "
         "20 clients drawn once from the seed (`eval-cohort = 20`), each evaluated with the experts the method "
-        "would give it that round, so the curve compares the same clients in every round.",
+        "would give it that round, so the curve compares the same clients in every round. " + _slack_bounds(cells),
         "",
         table(
             ["ablation", "setting", "method", "accuracy", "load CV/round", "cumulative CV", "seeds"],
