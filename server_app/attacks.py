@@ -9,17 +9,14 @@ there are skipped, so an interrupted table resumes.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from flexmoe_core.poisoning import ATTACKS
-from flexmoe_core.results import atomic_write_bytes, atomic_write_json
 from flexmoe_core.robust_aggregation import ROBUST_METHODS
-from server_app.experiment import APP_DIR, load_overrides, summarise
+from server_app.experiment import APP_DIR, load_overrides, summarise, write_rows
 from server_app.launcher import SimulationSuperLink
 
 
@@ -105,13 +102,7 @@ def _load_rows(out: Path) -> dict[str, dict[str, Any]]:
 
 
 def _write(out: Path, rows: dict[str, dict[str, Any]]) -> None:
-    values = list(rows.values())
-    atomic_write_json(out / "summary.json", values)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(values[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(values)
-    atomic_write_bytes(out / "summary.csv", buffer.getvalue().encode())
+    write_rows(out, list(rows.values()))
 
 
 if __name__ == "__main__":

@@ -135,15 +135,20 @@ def summarise(method: str, results_dir: Path, wall_seconds: float) -> dict[str, 
     }
 
 
-def write_summary(out: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
-    from flexmoe_core.plots import comparison_plot
-
+def write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
+    """`summary.json` and `summary.csv` (one row per run) in `out`, each written atomically."""
     atomic_write_json(out / "summary.json", rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out / "summary.csv", buffer.getvalue().encode())
+
+
+def write_summary(out: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
+    from flexmoe_core.plots import comparison_plot
+
+    write_rows(out, rows)
     runs = {m: json.loads((out / m / "metrics.json").read_text()) for m in methods}
     comparison_plot(out / "comparison.png", runs)
 
