@@ -133,6 +133,13 @@ def fmt(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def fmt_gap(mean: float, std: float, n: int) -> str:
+    """A paired difference with its spread and the number of paired seeds."""
+    if n > 1:
+        return f"{mean:+.4f} ± {std:.4f} (n={n})"
+    return f"{mean:+.4f} (n=1)" if n else "—"
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -158,8 +165,7 @@ def main_table(rows: Sequence[Mapping[str, Any]]) -> str:
     body = []
     for row in rows:
         acc = row["accuracy"]
-        mean, std, n = row["gap"]
-        gap = f"{mean:+.4f} ± {std:.4f} (n={n})" if n > 1 else (f"{mean:+.4f} (n=1)" if n else "—")
+        gap = fmt_gap(*row["gap"])
         body.append(
             [
                 row["dataset"],
@@ -321,6 +327,62 @@ def ablation_rows(runs: Runs) -> list[list[str]]:
     return [r for name, setting, chosen in specs if (r := row(name, setting, chosen))]
 
 
+def accuracy_at(runs: Sequence[Mapping[str, Any]], round_: int) -> dict[int, float]:
+    """Accuracy per seed at a given round (1-based) of each run's curve, for runs that reach it."""
+    return {
+        r["seed"]: r["curves"]["accuracy"][round_ - 1]
+        for r in runs
+        if len(r["curves"]["accuracy"]) >= round_ and r["curves"]["accuracy"][round_ - 1] is not None
+    }
+
+
+def convergence_rows(runs: Runs, checkpoints: Sequence[int]) -> list[list[str]]:
+    """Accuracy at each checkpoint round per method, the paired FLEX-MoE − greedy gap there with its
+    verdict, and the change over the last 10 rounds (how flat the curve is at its end)."""
+    chosen = {m: runs.select("convergence", m) for m in ("flexmoe", "greedy")}
+    rows = []
+    for method, group in chosen.items():
+        if not group:
+            continue
+        tails = [
+            c[-1] - c[-11] for c in (r["curves"]["accuracy"] for r in group) if len(c) > 10 and None not in c[-11:]
+        ]
+        rows.append(
+            [
+                method,
+                *(fmt(*mean_std(list(accuracy_at(group, k).values()))) for k in checkpoints),
+                fmt(*mean_std(tails)),
+                ", ".join(str(r["seed"]) for r in group),
+            ]
+        )
+    if all(chosen.values()):
+        gaps = [
+            paired_difference(accuracy_at(chosen["flexmoe"], k), accuracy_at(chosen["greedy"], k)) for k in checkpoints
+        ]
+        rows.append(
+            [
+                "flexmoe − greedy (paired)",
+                *(f"{fmt_gap(*gap)} **{verdict(*gap)}**" if gap[2] else "—" for gap in gaps),
+                "",
+                "",
+            ]
+        )
+    return rows
+
+
+def convergence_matches_main(runs: Runs, rounds: int) -> tuple[int, int]:
+    """(runs whose accuracy at `rounds` equals their main-grid twin's final accuracy, twins compared):
+    the longer run is the same run continued, so the first `rounds` rounds must coincide."""
+    same = compared = 0
+    for run in runs.select("convergence"):
+        twin = [r for r in runs.select("main", run["method"], **REFERENCE) if r["seed"] == run["seed"]]
+        at = accuracy_at([run], rounds).get(run["seed"])
+        if twin and at is not None:
+            compared += 1
+            same += int(math.isclose(at, twin[0]["summary"]["accuracy"], abs_tol=1e-9))
+    return same, compared
+
+
 # ------------------------------------------------------------------ figures
 
 
@@ -418,6 +480,42 @@ def capacity_figure(rows: Mapping[int, Mapping[str, tuple[float, float]]], path:
     return _save(fig, path)
 
 
+def convergence_figure(runs: Runs, main_rounds: int, path: Path) -> str | None:
+    """Accuracy of flexmoe and greedy over the long runs (band = ± std over seeds) and their paired
+    per-round difference, with the main grid's last round marked."""
+    chosen = {m: runs.select("convergence", m) for m in ("flexmoe", "greedy")}
+    if not any(chosen.values()):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for method, group in chosen.items():
+        if not group:
+            continue
+        mean, std = mean_curve(r["curves"]["accuracy"] for r in group)
+        x = np.arange(1, len(mean) + 1)
+        axes[0].plot(x, mean, color=COLOURS[method], label=f"{method} (n={len(group)})")
+        axes[0].fill_between(x, mean - std, mean + std, color=COLOURS[method], alpha=0.15)
+    by_seed = {m: {r["seed"]: r["curves"]["accuracy"] for r in group} for m, group in chosen.items()}
+    seeds = sorted(set(by_seed["flexmoe"]) & set(by_seed["greedy"]))
+    if seeds:
+        diff, spread = mean_curve([[f - g for f, g in zip(by_seed["flexmoe"][s], by_seed["greedy"][s])] for s in seeds])
+        x = np.arange(1, len(diff) + 1)
+        axes[1].plot(x, diff, color=COLOURS["flexmoe"], label=f"flexmoe − greedy (n={len(seeds)})")
+        axes[1].fill_between(x, diff - spread, diff + spread, color=COLOURS["flexmoe"], alpha=0.15)
+        axes[1].axhline(0.0, color="black", linewidth=0.8)
+    for ax, ylabel in zip(axes, ("accuracy", "paired accuracy difference")):
+        ax.axvline(main_rounds, color="gray", linestyle="--", linewidth=1)
+        ax.text(
+            main_rounds, ax.get_ylim()[0], f" main grid ends ({main_rounds})", color="gray", fontsize=7, va="bottom"
+        )
+        ax.set_xlabel("round")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("fashion-mnist, Dirichlet(0.8): convergence check", fontsize=9)
+    return _save(fig, path)
+
+
 def partial_figure(runs: Runs, path: Path) -> str | None:
     groups = [
         ("flexmoe, deficit-weight " + str(w), runs.select("partial-deficit", "flexmoe", **{"deficit-weight": w}))
@@ -487,6 +585,7 @@ def reading(rows: Sequence[Mapping[str, Any]], runs: Runs) -> list[str]:
                 else "(the curves have flattened)."
             )
         )
+    lines += _convergence_reading(runs)
     pairs = _matched(runs, "flexmoe", "dense")
     if pairs:
         flex, dense = (float(np.mean([p[k] for p in pairs])) for k in (0, 1))
@@ -500,6 +599,23 @@ def reading(rows: Sequence[Mapping[str, Any]], runs: Runs) -> list[str]:
             f"both have: FLEX-MoE {flex:.4f}, dense {dense:.4f} ({why})."
         )
     return lines
+
+
+def _convergence_reading(runs: Runs) -> list[str]:
+    chosen = {m: runs.select("convergence", m) for m in ("flexmoe", "greedy")}
+    if not all(chosen.values()):
+        return []
+    end = min(len(r["curves"]["accuracy"]) for group in chosen.values() for r in group)
+    tails = {
+        m: float(np.mean([r["curves"]["accuracy"][end - 1] - r["curves"]["accuracy"][end - 11] for r in group]))
+        for m, group in chosen.items()
+    }
+    mean, std, n = paired_difference(accuracy_at(chosen["flexmoe"], end), accuracy_at(chosen["greedy"], end))
+    return [
+        f"- Run on to {end} rounds (convergence check, fashion-mnist Dirichlet(0.8)), FLEX-MoE's accuracy changed by "
+        f"{tails['flexmoe']:+.4f} over the last 10 rounds (greedy {tails['greedy']:+.4f}); there the paired gap "
+        f"FLEX-MoE − greedy is {fmt_gap(mean, std, n)}: **{verdict(mean, std, n)}**."
+    ]
 
 
 def _slack_bounds(cells: Sequence[Cell]) -> str:
@@ -559,6 +675,12 @@ def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path
         "capacity": capacity_figure(capacity, figures / "accuracy_vs_k.png"),
         "partial": partial_figure(runs, figures / "partial_participation.png"),
     }
+    main_rounds = int(cells[0].overrides.get("num-server-rounds", 0)) if cells else 0
+    long_cells = [c for c in cells if c.group == "convergence"]
+    long_rounds = int(long_cells[0].overrides["num-server-rounds"]) if long_cells else 0
+    checkpoints = list(range(main_rounds, long_rounds + 1, main_rounds)) if long_cells and main_rounds else []
+    extra["convergence"] = convergence_figure(runs, main_rounds, figures / "convergence.png")
+    same, compared = convergence_matches_main(runs, main_rounds)
     base = cells[0].overrides if cells else {}
     text = [
         "# Results: FLEX-MoE against greedy, random, static and dense",
@@ -638,6 +760,33 @@ def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path
         ),
         "",
         *([f"![partial participation]({rel(extra['partial'])})", ""] if extra["partial"] else []),
+        *(
+            [
+                f"## Convergence check (fashion-mnist, Dirichlet(0.8), {long_rounds} rounds)",
+                "",
+                f"The main grid stops at {main_rounds} rounds to fit the 2-core budget, while its curves still rise. "
+                f"This check runs flexmoe and greedy on the reference setting for {long_rounds} rounds with the "
+                f"main grid's seeds, so its first {main_rounds} rounds are the main-grid runs continued"
+                + (
+                    f": {same} of {compared} runs reproduce their main-grid twin's final accuracy exactly at round "
+                    f"{main_rounds}"
+                    if compared
+                    else ""
+                )
+                + ". The last column is the accuracy change over the final 10 rounds (near 0 = flat).",
+                "",
+                table(
+                    ["method", *(f"accuracy at round {k}" for k in checkpoints), "change, last 10 rounds", "seeds"],
+                    convergence,
+                )
+                if (convergence := convergence_rows(runs, checkpoints))
+                else "_No convergence runs yet._",
+                "",
+                *([f"![convergence check]({rel(extra['convergence'])})", ""] if extra["convergence"] else []),
+            ]
+            if long_cells
+            else []
+        ),
         "## Beside the source paper",
         "",
         PAPER + " This study uses fashion-mnist and mnist with a small CNN, so its accuracies are not "

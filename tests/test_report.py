@@ -126,3 +126,40 @@ def test_readme_quote_is_replaced_between_markers_only(tmp_path):
     plain = tmp_path / "plain.md"
     plain.write_text("no markers\n")
     assert not quote_in_readme(plain, report) and plain.read_text() == "no markers\n"
+
+
+def test_convergence_section_reads_the_long_curves_at_each_checkpoint(tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(
+        "[study]\nseeds = [1, 2]\n[base]\nnum-server-rounds = 5\n"
+        '[[group]]\nname = "main"\nmethods = ["flexmoe", "greedy"]\n'
+        'vary = { dataset = ["fashion-mnist"], partition = ["dirichlet"] }\n'
+        '[[group]]\nname = "convergence"\nmethods = ["flexmoe", "greedy"]\nset = { num-server-rounds = 15 }\n'
+    )
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    reference = {"dataset": "fashion-mnist", "partition": "dirichlet"}
+    # Long curves: flexmoe rises by 0.01 per round from `start`, greedy by 0.01 from 0.5, so the
+    # paired gap is start - 0.5 in every round; seed 2 continues its main run, seed 1 does not.
+    for method, seed, start in [("flexmoe", 1, 0.6), ("flexmoe", 2, 0.7), ("greedy", 1, 0.5), ("greedy", 2, 0.5)]:
+        long = summary(f"convergence-{method}-s{seed}", "convergence", method, seed, 0.0, {})
+        long["run-config"] = {"num-server-rounds": 15, "assignment": method, "seed": seed}
+        long["curves"]["accuracy"] = [start + 0.01 * r for r in range(15)]
+        (runs / f"{long['cell']}.json").write_text(json.dumps(long))
+        main_accuracy = start + 0.04 if seed == 2 else 0.1
+        cell = f"main-{method}-fashion-mnist-dirichlet-s{seed}"
+        (runs / f"{cell}.json").write_text(json.dumps(summary(cell, "main", method, seed, main_accuracy, reference)))
+    out = tmp_path / "results.md"
+    write_report(runs, study, out, tmp_path / "figures")
+    text = out.read_text()
+    assert "## Convergence check (fashion-mnist, Dirichlet(0.8), 15 rounds)" in text
+    assert "2 of 4 runs reproduce their main-grid twin's final accuracy exactly at round 5" in text
+    header = next(line for line in text.splitlines() if line.startswith("| method | accuracy at round 5"))
+    assert "accuracy at round 10 | accuracy at round 15 | change, last 10 rounds" in header
+    flex = next(line for line in text.splitlines() if line.startswith("| flexmoe | 0.6"))
+    # round 5: (0.64 + 0.74) / 2 = 0.69, std 0.0707; round 15: 0.79; change over 10 rounds: 0.10.
+    assert "0.6900 ± 0.0707" in flex and "0.7900 ± 0.0707" in flex and "0.1000 ± 0.0000" in flex
+    gap = next(line for line in text.splitlines() if line.startswith("| flexmoe − greedy (paired)"))
+    assert gap.count("+0.1500 ± 0.0707 (n=2) **win**") == 3
+    assert "the paired gap FLEX-MoE − greedy is +0.1500 ± 0.0707 (n=2): **win**" in text
+    assert (tmp_path / "figures" / "convergence.png").stat().st_size > 1000
