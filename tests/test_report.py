@@ -145,6 +145,7 @@ def test_convergence_section_reads_the_long_curves_at_each_checkpoint(tmp_path):
         long = summary(f"convergence-{method}-s{seed}", "convergence", method, seed, 0.0, {})
         long["run-config"] = {"num-server-rounds": 15, "assignment": method, "seed": seed}
         long["curves"]["accuracy"] = [start + 0.01 * r for r in range(15)]
+        long["summary"]["accuracy"] = long["curves"]["accuracy"][-1]
         (runs / f"{long['cell']}.json").write_text(json.dumps(long))
         main_accuracy = start + 0.04 if seed == 2 else 0.1
         cell = f"main-{method}-fashion-mnist-dirichlet-s{seed}"
@@ -163,3 +164,29 @@ def test_convergence_section_reads_the_long_curves_at_each_checkpoint(tmp_path):
     assert gap.count("+0.1500 ± 0.0707 (n=2) **win**") == 3
     assert "the paired gap FLEX-MoE − greedy is +0.1500 ± 0.0707 (n=2): **win**" in text
     assert (tmp_path / "figures" / "convergence.png").stat().st_size > 1000
+    duel = next(line for line in text.splitlines() if line.startswith("| 60 rounds (convergence check)"))
+    assert "0.7900 ± 0.0707 | 0.6400 ± 0.0000 | +0.1500 ± 0.0707 (n=2) | **win**" in duel  # final = round 15
+
+
+def test_head_to_head_calls_a_consistent_deficit_a_loss(tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(
+        '[study]\nseeds = [1, 2, 3]\n[base]\nnum-server-rounds = 5\n[[group]]\nname = "capacity-k4"\n'
+        'methods = ["flexmoe", "greedy"]\nset = { capacity = 4 }\n'
+    )
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # flexmoe - greedy per seed: -0.02, -0.03, -0.01 -> mean -0.02, std 0.01 -> loss.
+    for method, seed, acc in [
+        ("flexmoe", 1, 0.78), ("flexmoe", 2, 0.77), ("flexmoe", 3, 0.80),
+        ("greedy", 1, 0.80), ("greedy", 2, 0.80), ("greedy", 3, 0.81),
+    ]:  # fmt: skip
+        run = summary(f"capacity-k4-{method}-s{seed}", "capacity-k4", method, seed, acc, {})
+        run["run-config"] = {"num-server-rounds": 5, "capacity": 4, "assignment": method, "seed": seed}
+        (runs / f"{run['cell']}.json").write_text(json.dumps(run))
+    out = tmp_path / "results.md"
+    write_report(runs, study, out, tmp_path / "figures")
+    text = out.read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| k = 4 (capacity)"))
+    assert "-0.0200 ± 0.0100 (n=3) | **loss**" in row
+    assert "FLEX-MoE loses on k = 4 (capacity) (-0.0200)." in text
