@@ -190,3 +190,42 @@ def test_head_to_head_calls_a_consistent_deficit_a_loss(tmp_path):
     row = next(line for line in text.splitlines() if line.startswith("| k = 4 (capacity)"))
     assert "-0.0200 ± 0.0100 (n=3) | **loss**" in row
     assert "FLEX-MoE loses on k = 4 (capacity) (-0.0200)." in text
+
+
+def test_last_rounds_mean_skips_missing_rounds():
+    from flexmoe_core.report import last_rounds_mean
+
+    assert last_rounds_mean([0.1, 0.2, 0.3, 0.4], 2) == pytest.approx(0.35)
+    assert last_rounds_mean([0.1, None, 0.5], 2) == pytest.approx(0.5)
+    assert math.isnan(last_rounds_mean([None, None], 2))
+
+
+def test_partial_reading_weighs_the_accuracy_gap_against_the_seed_spread(tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(
+        '[study]\nseeds = [1, 2]\n[base]\nnum-server-rounds = 5\n[[group]]\nname = "partial-deficit"\n'
+        'methods = ["flexmoe"]\nvary = { deficit-weight = [0.0, 0.1] }\n'
+    )
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    # Curves accuracy * r / 5 for r = 1..5: last-5 mean = 0.6 * accuracy.
+    for weight, seed, acc, cumulative in [
+        (0.0, 1, 0.8, 0.06),
+        (0.0, 2, 0.6, 0.08),
+        (0.1, 1, 0.7, 0.0),
+        (0.1, 2, 0.7, 0.0),
+    ]:
+        run = summary(f"partial-deficit-flexmoe-{weight}-s{seed}", "partial-deficit", "flexmoe", seed, acc, {})
+        run["varied"] = {"deficit-weight": weight}
+        run["run-config"] = {"num-server-rounds": 5, "deficit-weight": weight, "assignment": "flexmoe", "seed": seed}
+        run["summary"]["cumulative-load-cv"] = cumulative
+        (runs / f"{run['cell']}.json").write_text(json.dumps(run))
+    out = tmp_path / "results.md"
+    write_report(runs, study, out, tmp_path / "figures")
+    text = out.read_text()
+    # weight 0: last-5 means 0.48, 0.36 -> 0.42 ± 0.0849; weight 0.1: 0.42 ± 0 -> gap 0 within 0.0849.
+    assert (
+        "deficit weight 0 / 0.1 gives a cumulative load CV of 0.070 / 0.000 and a cohort accuracy "
+        "(mean of the last 5 rounds) of 0.4200 ± 0.0849 / 0.4200 ± 0.0000" in text
+    )
+    assert "within the seed spread (0.0849, n=2)" in text
