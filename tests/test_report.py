@@ -109,6 +109,8 @@ def test_report_from_synthetic_summaries(tmp_path):
     assert (tmp_path / "docs" / "figures" / "accuracy_fashion-mnist.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "figures" / "heatmap_fashion-mnist_dirichlet.png").is_file()
     assert "](figures/accuracy_fashion-mnist.png)" in text
+    assert "Here greedy's per-round load CV is 0.600 (above the paper's 0.29) and FLEX-MoE's 0.200" in text
+    assert "cumulative load CV is 0.010 against the paper's about 0.003" in text
 
 
 def test_readme_quote_is_replaced_between_markers_only(tmp_path):
