@@ -577,11 +577,12 @@ def partial_figure(runs: Runs, path: Path) -> str | None:
         return None
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for label, chosen in groups:
+    # Distinct line styles: deficit weights 0.1 and 0.5 give the same cumulative CV and would hide each other.
+    for (label, chosen), style in zip(groups, ("-", "--", ":", "-.")):
         for ax, key in zip(axes, ("accuracy", "cumulative-load-cv")):
             mean, std = mean_curve(r["curves"][key] for r in chosen)
             x = np.arange(1, len(mean) + 1)
-            ax.plot(x, mean, label=f"{label} (n={len(chosen)})")
+            ax.plot(x, mean, linestyle=style, linewidth=1.8, label=f"{label} (n={len(chosen)})")
             ax.fill_between(x, mean - std, mean + std, alpha=0.15)
     axes[0].set_ylabel("accuracy of the fixed 20-client cohort")
     axes[1].set_ylabel("cumulative expert-load CV")
