@@ -643,14 +643,17 @@ def reading(rows: Sequence[Mapping[str, Any]], runs: Runs) -> list[str]:
     pairs = _matched(runs, "flexmoe", "dense")
     if pairs:
         flex, dense = (float(np.mean([p[k] for p in pairs])) for k in (0, 1))
-        why = (
-            "accuracy is personalised: fewer, specialised experts per client need not cost accuracy"
-            if flex > dense
-            else "the price of holding 2 of 8 experts"
-        )
+        gap = mean_std([f - d for f, d in pairs])
+        call = verdict(*gap, len(pairs))
+        why = {
+            "tie": "holding 2 of 8 experts costs no accuracy beyond the seed spread",
+            "win": "accuracy is personalised: fewer, specialised experts per client need not cost accuracy",
+            "loss": "the price of holding 2 of 8 experts",
+        }.get(call, "too few paired runs to call")
         lines.append(
             f"- Against dense (all 8 experts, no capacity limit), on the {len(pairs)} (setting, seed) runs "
-            f"both have: FLEX-MoE {flex:.4f}, dense {dense:.4f} ({why})."
+            f"both have: FLEX-MoE {flex:.4f}, dense {dense:.4f}, paired gap {fmt_gap(*gap, len(pairs))}: "
+            f"**{call}** ({why})."
         )
     return lines
 
