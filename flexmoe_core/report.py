@@ -562,7 +562,8 @@ def convergence_figure(runs: Runs, main_rounds: int, path: Path) -> str | None:
         ax.set_xlabel("round")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     fig.suptitle("fashion-mnist, Dirichlet(0.8): convergence check", fontsize=9)
     return _save(fig, path)
 
@@ -622,15 +623,14 @@ def reading(rows: Sequence[Mapping[str, Any]], runs: Runs) -> list[str]:
                 f"- {method}: load CV per round {np.mean([s['load-cv'] for s in chosen]):.3f}, cumulative "
                 f"{np.mean([s['cumulative-load-cv'] for s in chosen]):.3f} (mean over {len(chosen)} runs)."
             )
-    rising = [
-        r["curves"]["accuracy"][-1] - r["curves"]["accuracy"][-6]
-        for r in runs.select("main", "flexmoe")
-        if len(r["curves"]["accuracy"]) >= 6
-    ]
-    if rising:
-        gain = float(np.mean(rising))
+    rising: dict[str, list[float]] = defaultdict(list)
+    for r in runs.select("main", "flexmoe"):
+        if len(r["curves"]["accuracy"]) >= 6:
+            rising[r["varied"].get("dataset", "?")].append(r["curves"]["accuracy"][-1] - r["curves"]["accuracy"][-6])
+    for dataset, gains in rising.items():
+        gain = float(np.mean(gains))
         lines.append(
-            f"- Over its last 5 rounds FLEX-MoE's accuracy still changed by {gain:+.4f} on average "
+            f"- On {dataset}, over its last 5 rounds FLEX-MoE's accuracy still changed by {gain:+.4f} on average "
             + (
                 "(the curves have not flattened: longer runs would raise every method's figures)."
                 if gain > 0.01
