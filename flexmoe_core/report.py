@@ -91,6 +91,13 @@ def last_rounds_mean(curve: Sequence[float | None], rounds: int | None = None) -
     return float(np.mean(tail)) if tail else math.nan
 
 
+def curve_change(curve: Sequence[float | None], rounds: int) -> float | None:
+    """Last value minus the value `rounds` rounds before it (None if the curve is shorter or has gaps)."""
+    if len(curve) <= rounds or curve[-1] is None or curve[-1 - rounds] is None:
+        return None
+    return curve[-1] - curve[-1 - rounds]  # type: ignore[operator]
+
+
 def mean_curve(curves: Iterable[Sequence[float]]) -> tuple[np.ndarray, np.ndarray]:
     """Per-round mean and std over runs (curves cut to the shortest)."""
     stacked = list(curves)
@@ -395,9 +402,7 @@ def convergence_rows(runs: Runs, checkpoints: Sequence[int]) -> list[list[str]]:
     for method, group in chosen.items():
         if not group:
             continue
-        tails = [
-            c[-1] - c[-11] for c in (r["curves"]["accuracy"] for r in group) if len(c) > 10 and None not in c[-11:]
-        ]
+        tails = [t for r in group if (t := curve_change(r["curves"]["accuracy"], 10)) is not None]
         rows.append(
             [
                 method,
@@ -625,8 +630,8 @@ def reading(rows: Sequence[Mapping[str, Any]], runs: Runs) -> list[str]:
             )
     rising: dict[str, list[float]] = defaultdict(list)
     for r in runs.select("main", "flexmoe"):
-        if len(r["curves"]["accuracy"]) >= 6:
-            rising[r["varied"].get("dataset", "?")].append(r["curves"]["accuracy"][-1] - r["curves"]["accuracy"][-6])
+        if (change := curve_change(r["curves"]["accuracy"], 5)) is not None:
+            rising[r["varied"].get("dataset", "?")].append(change)
     for dataset, gains in rising.items():
         gain = float(np.mean(gains))
         lines.append(
