@@ -16,12 +16,12 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client_app.partitions import FlowerPartitioning
+from client_app.poisoning import flip_labels, poison_update
 from flexmoe_core import protocol as P
 from flexmoe_core.config import NodeSettings, Settings, SettingsError, dataset_shape
 from flexmoe_core.data import client_datasets
+from flexmoe_core.files import atomic_write_bytes
 from flexmoe_core.model import MoEClassifier, pick_device
-from flexmoe_core.poisoning import flip_labels, poison_update
-from flexmoe_core.results import atomic_write_bytes
 from flexmoe_core.seeds import derive_seed
 from flexmoe_core.train import evaluate as evaluate_model
 from flexmoe_core.train import train_local

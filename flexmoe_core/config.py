@@ -23,10 +23,13 @@ from flexmoe_core.data import SPECS
 from flexmoe_core.data import spec_of as dataset_shape  # noqa: F401 - re-exported for the apps
 from flexmoe_core.fitness import MODES as FITNESS_MODES
 from flexmoe_core.model import ARCHS as MODELS
-from flexmoe_core.poisoning import ATTACKS
 from flexmoe_core.robust_aggregation import ROBUST_METHODS
 
 PARTITIONS = ("iid", "dirichlet", "classes")  # implemented in client_app.partitions (flwr-datasets)
+# Implemented by the ClientApp (client_app.poisoning), which is what applies an attack. The names
+# are a plain constant here, not imported from there, so the server rejects a bad `attack` before
+# round 1 while the core knows nothing of how attacks work (and imports no app).
+ATTACKS = ("none", "scale", "sign-flip", "noise", "label-flip")
 
 
 class SettingsError(ValueError):
@@ -85,7 +88,7 @@ class Settings:
     trim_fraction: float = 0.2
     clip_factor: float = 2.0
     max_declared_examples: int = 1_000_000
-    # Attack simulation for research (flexmoe_core.poisoning), off by default.
+    # Attack simulation for research (client_app.poisoning), off by default.
     attack: str = "none"
     attack_scale: float = 10.0
     attack_clients: str = ""

@@ -13,7 +13,7 @@ matplotlib.use("Agg")  # headless: servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from flexmoe_core.results import atomic_write_bytes  # noqa: E402
+from flexmoe_core.files import atomic_write_bytes  # noqa: E402
 
 
 def write_all(

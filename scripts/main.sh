@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m server_app.experiment "$@"
+exec .venv/bin/python -m flexmoe_bench.experiment "$@"

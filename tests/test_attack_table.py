@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server_app.attacks import cells, format_table, main
+from flexmoe_bench.attacks import cells, format_table, main
 
 
 def test_cells_put_the_clean_run_first_for_every_defence():

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from server_app.launcher import free_port
+from flexmoe_bench.launcher import free_port
 from tests.processes import is_running, kill_all, pidfile_processes, process_tree, start_time
 
 try:

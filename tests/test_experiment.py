@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from flexmoe_bench.experiment import _defaults, expected_bytes_ratio, format_table, load_overrides, summarise
 from flexmoe_core.config import Settings
 from flexmoe_core.model import MoEClassifier
-from server_app.experiment import _defaults, expected_bytes_ratio, format_table, load_overrides, summarise
 
 
 def _settings(**overrides) -> Settings:
@@ -108,7 +108,7 @@ def test_missing_config_file_names_the_option(tmp_path):
 
 
 def test_unknown_method_is_rejected_before_any_run():
-    from server_app.experiment import main
+    from flexmoe_bench.experiment import main
 
     with pytest.raises(SystemExit, match="--methods: unknown"):
         main(["--methods", "flexmoe,best"])

@@ -186,7 +186,7 @@ def test_sigkilled_runner_leaves_no_superlink_or_superexec_and_frees_the_port(tm
     owner = start_owner(
         f"""
         from pathlib import Path
-        from server_app.launcher import SimulationSuperLink
+        from flexmoe_bench.launcher import SimulationSuperLink
         with SimulationSuperLink(2) as superlink:
             Path({str(port_file)!r}).write_text(str(superlink.port))
             superlink.run({str(ROOT)!r}, {{"num-server-rounds": 200, "max-samples-per-client": 50,

@@ -8,9 +8,9 @@ import itertools
 import numpy as np
 import pytest
 
+from client_app.poisoning import flip_labels, poison_update
 from flexmoe_core.aggregation import ClientUpdate, aggregate
 from flexmoe_core.assignment import assign, load_bounds
-from flexmoe_core.poisoning import flip_labels, poison_update
 from flexmoe_core.replies import ReplyError, check_declared_examples, validate_train_reply
 from flexmoe_core.robust_aggregation import robust_aggregate
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from server_app.launcher import free_port
+from flexmoe_bench.launcher import free_port
 from tests.processes import kill_all, pidfile_processes, process_tree, start_time, still_running
 
 ROOT = Path(__file__).resolve().parents[1]

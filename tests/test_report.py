@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from flexmoe_core.report import mean_curve, mean_std, paired_difference, rounds_to_target, verdict, write_report
+from flexmoe_bench.report import mean_curve, mean_std, paired_difference, rounds_to_target, verdict, write_report
 
 
 def test_mean_and_sample_std():
@@ -114,7 +114,7 @@ def test_report_from_synthetic_summaries(tmp_path):
 
 
 def test_readme_quote_is_replaced_between_markers_only(tmp_path):
-    from flexmoe_core.report import README_END, README_START, quote_in_readme
+    from flexmoe_bench.report import README_END, README_START, quote_in_readme
 
     report = tmp_path / "results.md"
     report.write_text("# R\n\n| dataset | partition | flexmoe |\n|---|---|---|\n| fm | iid | 0.9 |\n\ntext\n")
@@ -195,7 +195,7 @@ def test_head_to_head_calls_a_consistent_deficit_a_loss(tmp_path):
 
 
 def test_last_rounds_mean_skips_missing_rounds():
-    from flexmoe_core.report import last_rounds_mean
+    from flexmoe_bench.report import last_rounds_mean
 
     assert last_rounds_mean([0.1, 0.2, 0.3, 0.4], 2) == pytest.approx(0.35)
     assert last_rounds_mean([0.1, None, 0.5], 2) == pytest.approx(0.5)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from server_app.launcher import SimulationSuperLink
+from flexmoe_bench.launcher import SimulationSuperLink
 
 pytestmark = pytest.mark.integration
 

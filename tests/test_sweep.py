@@ -7,9 +7,9 @@ import json
 import pytest
 import tomllib
 
-from flexmoe_core.study import expand, holding_counts, select
-from server_app.launcher import RunOutcome
-from server_app.sweep import APP_DIR, main, run_cells, validate
+from flexmoe_bench.launcher import RunOutcome
+from flexmoe_bench.study import expand, holding_counts, select
+from flexmoe_bench.sweep import APP_DIR, main, run_cells, validate
 
 STUDY = """
 [study]

@@ -1,4 +1,4 @@
-"""Compare assignment rules on the same partitions and seed: `python -m server_app.experiment`.
+"""Compare assignment rules on the same partitions and seed: `python -m flexmoe_bench.experiment`.
 
 Runs the app once per method with `flwr run` in the simulation engine (a SuperLink
 this process owns), then prints a side-by-side table and writes `summary.json`,
@@ -18,9 +18,9 @@ from typing import Any
 
 import tomllib
 
+from flexmoe_bench.launcher import SimulationSuperLink
 from flexmoe_core.config import ASSIGNMENT_METHODS, Settings
-from flexmoe_core.results import atomic_write_bytes, atomic_write_json
-from server_app.launcher import SimulationSuperLink
+from flexmoe_core.files import atomic_write_bytes, atomic_write_json
 
 APP_DIR = Path(__file__).resolve().parents[1]
 

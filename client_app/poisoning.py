@@ -10,6 +10,10 @@ validation and reaches aggregation by the normal path: what a defence must stop.
 ``label-flip`` trains on labels y -> C - 1 - y (a data-poisoning attack), sends honestly.
 
 `s` is `attack-scale`.
+
+It lives in the ClientApp because the client is what applies an attack: the core only knows the
+attack *names* (`flexmoe_core.config.ATTACKS`, so settings are checked before round 1) and never
+imports this module.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from collections.abc import Mapping
 import numpy as np
 
 from flexmoe_core import checks
+from flexmoe_core.config import ATTACKS
 
-ATTACKS = ("none", "scale", "sign-flip", "noise", "label-flip")
 MODEL_ATTACKS = ("scale", "sign-flip", "noise")
 
 

@@ -1,4 +1,4 @@
-"""Run a grid of FLEX-MoE / baseline runs and keep one small summary per run: `python -m server_app.sweep`.
+"""Run a grid of FLEX-MoE / baseline runs and keep one small summary per run: `python -m flexmoe_bench.sweep`.
 
 The grid is a TOML file (default `conf/study.toml`, the committed study behind
 `docs/results.md`): a `[base]` run config, `[study]` seeds and client count, and `[[group]]`
@@ -8,7 +8,7 @@ main job, all through one SuperLink this process owns (its processes end with it
 `kill -9`). A run whose summary already exists under `--summaries` is skipped, so an
 interrupted sweep resumes where it stopped, also on another machine from the committed
 summaries; a failed run is retried once and, if it fails again, reported and listed in
-`failures.json`, never dropped silently. Then `python -m flexmoe_core.report` writes the report.
+`failures.json`, never dropped silently. Then `python -m flexmoe_bench.report` writes the report.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ from typing import Any
 
 import tomllib
 
+from flexmoe_bench.experiment import APP_DIR, _defaults, summarise
+from flexmoe_bench.launcher import RunOutcome, SimulationSuperLink
+from flexmoe_bench.study import Cell, expand, holding_counts, select
 from flexmoe_core.config import Settings
-from flexmoe_core.results import atomic_write_json
-from flexmoe_core.study import Cell, expand, holding_counts, select
-from server_app.experiment import APP_DIR, _defaults, summarise
-from server_app.launcher import RunOutcome, SimulationSuperLink
+from flexmoe_core.files import atomic_write_json
 
 # Per-round metrics kept in a run summary: enough for every table and figure of the report.
 CURVES = (
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    print(f"all {len(todo)} run(s) summarised in {summaries}; next: python -m flexmoe_core.report")
+    print(f"all {len(todo)} run(s) summarised in {summaries}; next: python -m flexmoe_bench.report")
     return 0
 
 

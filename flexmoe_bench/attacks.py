@@ -1,4 +1,4 @@
-"""Attack x defence table: `python -m server_app.attacks` (FLEX-MoE under poisoning, same seed).
+"""Attack x defence table: `python -m flexmoe_bench.attacks` (FLEX-MoE under poisoning, same seed).
 
 Runs the clean federation and each attack under each defence through the same `flwr run`
 simulation path as the main job, then prints final accuracy per cell and writes
@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flexmoe_core.poisoning import ATTACKS
+from flexmoe_bench.experiment import APP_DIR, load_overrides, summarise, write_rows
+from flexmoe_bench.launcher import SimulationSuperLink
+from flexmoe_core.config import ATTACKS
 from flexmoe_core.robust_aggregation import ROBUST_METHODS
-from server_app.experiment import APP_DIR, load_overrides, summarise, write_rows
-from server_app.launcher import SimulationSuperLink
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -1,4 +1,4 @@
-"""The study grid: which runs a study file asks for (plain data; the runner is server_app.sweep).
+"""The study grid: which runs a study file asks for (plain data; the runner is flexmoe_bench.sweep).
 
 A study file is TOML: `[study]` (default `seeds`, `num-supernodes`), `[base]` (the run config every
 cell starts from) and `[[group]]` tables with `name`, `methods`, optional `seeds`,
