@@ -4,10 +4,24 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from flexmoe_bench.report import mean_curve, mean_std, paired_difference, rounds_to_target, verdict, write_report
+from flexmoe_bench.report import (
+    README_END,
+    README_START,
+    last_rounds_mean,
+    mean_curve,
+    mean_std,
+    paired_difference,
+    quote_in_readme,
+    rounds_to_target,
+    verdict,
+    write_report,
+)
 
 
 def test_mean_and_sample_std():
@@ -76,27 +90,36 @@ def summary(cell, group, method, seed, accuracy, varied):
     }
 
 
+def report_from(tmp_path: Path, study: str, runs: Iterable[dict[str, Any]]) -> str:
+    """Write the study file and one summary file per run (named after its cell), make the report
+    into tmp_path/docs/ and return its text."""
+    study_file = tmp_path / "study.toml"
+    study_file.write_text(study)
+    summaries = tmp_path / "runs"
+    summaries.mkdir()
+    for run in runs:
+        (summaries / f"{run['cell']}.json").write_text(json.dumps(run))
+    out = tmp_path / "docs" / "results.md"
+    write_report(summaries, study_file, out, tmp_path / "docs" / "figures")
+    return out.read_text()
+
+
 def test_report_from_synthetic_summaries(tmp_path):
-    study = tmp_path / "study.toml"
-    study.write_text(
+    study = (
         "[study]\nseeds = [1, 2]\n[base]\nnum-server-rounds = 5\n"
         '[[group]]\nname = "main"\nmethods = ["flexmoe", "greedy"]\n'
         'vary = { dataset = ["fashion-mnist"], partition = ["dirichlet", "iid"] }\n'
     )
-    runs = tmp_path / "runs"
-    runs.mkdir()
     varied = {"dataset": "fashion-mnist", "partition": "dirichlet"}
     # flexmoe beats greedy by 0.10 and 0.12 on the two seeds: mean 0.11, std 0.0141 -> win.
-    for method, seed, acc in [("flexmoe", 1, 0.80), ("flexmoe", 2, 0.82), ("greedy", 1, 0.70), ("greedy", 2, 0.70)]:
-        cell = f"main-{method}-fashion-mnist-dirichlet-s{seed}"
-        (runs / f"{cell}.json").write_text(json.dumps(summary(cell, "main", method, seed, acc, varied)))
+    runs = [
+        summary(f"main-{method}-fashion-mnist-dirichlet-s{seed}", "main", method, seed, acc, varied)
+        for method, seed, acc in [("flexmoe", 1, 0.80), ("flexmoe", 2, 0.82), ("greedy", 1, 0.70), ("greedy", 2, 0.70)]
+    ]
     iid = {"dataset": "fashion-mnist", "partition": "iid"}
     stale = summary("main-flexmoe-fashion-mnist-iid-s1", "main", "flexmoe", 1, 0.99, iid)
     stale["run-config"]["num-server-rounds"] = 50  # made under another study file: ignored
-    (runs / "main-flexmoe-fashion-mnist-iid-s1.json").write_text(json.dumps(stale))
-    out = tmp_path / "docs" / "results.md"
-    write_report(runs, study, out, tmp_path / "docs" / "figures")
-    text = out.read_text()
+    text = report_from(tmp_path, study, [*runs, stale])
     row = next(line for line in text.splitlines() if line.startswith("| fashion-mnist | Dirichlet(0.8)"))
     assert "0.8100 ± 0.0141" in row and "0.7000 ± 0.0000" in row
     assert "+0.1100 ± 0.0141 (n=2)" in row and "**win**" in row
@@ -114,8 +137,6 @@ def test_report_from_synthetic_summaries(tmp_path):
 
 
 def test_readme_quote_is_replaced_between_markers_only(tmp_path):
-    from flexmoe_bench.report import README_END, README_START, quote_in_readme
-
     report = tmp_path / "results.md"
     report.write_text("# R\n\n| dataset | partition | flexmoe |\n|---|---|---|\n| fm | iid | 0.9 |\n\ntext\n")
     readme = tmp_path / "README.md"
@@ -131,15 +152,13 @@ def test_readme_quote_is_replaced_between_markers_only(tmp_path):
 
 
 def test_convergence_section_reads_the_long_curves_at_each_checkpoint(tmp_path):
-    study = tmp_path / "study.toml"
-    study.write_text(
+    study = (
         "[study]\nseeds = [1, 2]\n[base]\nnum-server-rounds = 5\n"
         '[[group]]\nname = "main"\nmethods = ["flexmoe", "greedy"]\n'
         'vary = { dataset = ["fashion-mnist"], partition = ["dirichlet"] }\n'
         '[[group]]\nname = "convergence"\nmethods = ["flexmoe", "greedy"]\nset = { num-server-rounds = 15 }\n'
     )
-    runs = tmp_path / "runs"
-    runs.mkdir()
+    runs = []
     reference = {"dataset": "fashion-mnist", "partition": "dirichlet"}
     # Long curves: flexmoe rises by 0.01 per round from `start`, greedy by 0.01 from 0.5, so the
     # paired gap is start - 0.5 in every round; seed 2 continues its main run, seed 1 does not.
@@ -148,13 +167,10 @@ def test_convergence_section_reads_the_long_curves_at_each_checkpoint(tmp_path):
         long["run-config"] = {"num-server-rounds": 15, "assignment": method, "seed": seed}
         long["curves"]["accuracy"] = [start + 0.01 * r for r in range(15)]
         long["summary"]["accuracy"] = long["curves"]["accuracy"][-1]
-        (runs / f"{long['cell']}.json").write_text(json.dumps(long))
         main_accuracy = start + 0.04 if seed == 2 else 0.1
         cell = f"main-{method}-fashion-mnist-dirichlet-s{seed}"
-        (runs / f"{cell}.json").write_text(json.dumps(summary(cell, "main", method, seed, main_accuracy, reference)))
-    out = tmp_path / "results.md"
-    write_report(runs, study, out, tmp_path / "figures")
-    text = out.read_text()
+        runs += [long, summary(cell, "main", method, seed, main_accuracy, reference)]
+    text = report_from(tmp_path, study, runs)
     assert "## Convergence check (fashion-mnist, Dirichlet(0.8), 15 rounds)" in text
     assert "2 of 4 runs reproduce their main-grid twin's final accuracy exactly at round 5" in text
     header = next(line for line in text.splitlines() if line.startswith("| method | accuracy at round 5"))
@@ -165,19 +181,17 @@ def test_convergence_section_reads_the_long_curves_at_each_checkpoint(tmp_path):
     gap = next(line for line in text.splitlines() if line.startswith("| flexmoe − greedy (paired)"))
     assert gap.count("+0.1500 ± 0.0707 (n=2) **win**") == 3
     assert "the paired gap FLEX-MoE − greedy is +0.1500 ± 0.0707 (n=2): **win**" in text
-    assert (tmp_path / "figures" / "convergence.png").stat().st_size > 1000
+    assert (tmp_path / "docs" / "figures" / "convergence.png").stat().st_size > 1000
     duel = next(line for line in text.splitlines() if line.startswith("| 60 rounds (convergence check)"))
     assert "0.7900 ± 0.0707 | 0.6400 ± 0.0000 | +0.1500 ± 0.0707 (n=2) | **win**" in duel  # final = round 15
 
 
 def test_head_to_head_calls_a_consistent_deficit_a_loss(tmp_path):
-    study = tmp_path / "study.toml"
-    study.write_text(
+    study = (
         '[study]\nseeds = [1, 2, 3]\n[base]\nnum-server-rounds = 5\n[[group]]\nname = "capacity-k4"\n'
         'methods = ["flexmoe", "greedy"]\nset = { capacity = 4 }\n'
     )
-    runs = tmp_path / "runs"
-    runs.mkdir()
+    runs = []
     # flexmoe - greedy per seed: -0.02, -0.03, -0.01 -> mean -0.02, std 0.01 -> loss.
     for method, seed, acc in [
         ("flexmoe", 1, 0.78), ("flexmoe", 2, 0.77), ("flexmoe", 3, 0.80),
@@ -185,31 +199,25 @@ def test_head_to_head_calls_a_consistent_deficit_a_loss(tmp_path):
     ]:  # fmt: skip
         run = summary(f"capacity-k4-{method}-s{seed}", "capacity-k4", method, seed, acc, {})
         run["run-config"] = {"num-server-rounds": 5, "capacity": 4, "assignment": method, "seed": seed}
-        (runs / f"{run['cell']}.json").write_text(json.dumps(run))
-    out = tmp_path / "results.md"
-    write_report(runs, study, out, tmp_path / "figures")
-    text = out.read_text()
+        runs.append(run)
+    text = report_from(tmp_path, study, runs)
     row = next(line for line in text.splitlines() if line.startswith("| k = 4 (capacity)"))
     assert "-0.0200 ± 0.0100 (n=3) | **loss**" in row
     assert "FLEX-MoE loses on k = 4 (capacity) (-0.0200)." in text
 
 
 def test_last_rounds_mean_skips_missing_rounds():
-    from flexmoe_bench.report import last_rounds_mean
-
     assert last_rounds_mean([0.1, 0.2, 0.3, 0.4], 2) == pytest.approx(0.35)
     assert last_rounds_mean([0.1, None, 0.5], 2) == pytest.approx(0.5)
     assert math.isnan(last_rounds_mean([None, None], 2))
 
 
 def test_partial_reading_weighs_the_accuracy_gap_against_the_seed_spread(tmp_path):
-    study = tmp_path / "study.toml"
-    study.write_text(
+    study = (
         '[study]\nseeds = [1, 2]\n[base]\nnum-server-rounds = 5\n[[group]]\nname = "partial-deficit"\n'
         'methods = ["flexmoe"]\nvary = { deficit-weight = [0.0, 0.1] }\n'
     )
-    runs = tmp_path / "runs"
-    runs.mkdir()
+    runs = []
     # Curves accuracy * r / 5 for r = 1..5: last-5 mean = 0.6 * accuracy.
     for weight, seed, acc, cumulative in [
         (0.0, 1, 0.8, 0.06),
@@ -221,10 +229,8 @@ def test_partial_reading_weighs_the_accuracy_gap_against_the_seed_spread(tmp_pat
         run["varied"] = {"deficit-weight": weight}
         run["run-config"] = {"num-server-rounds": 5, "deficit-weight": weight, "assignment": "flexmoe", "seed": seed}
         run["summary"]["cumulative-load-cv"] = cumulative
-        (runs / f"{run['cell']}.json").write_text(json.dumps(run))
-    out = tmp_path / "results.md"
-    write_report(runs, study, out, tmp_path / "figures")
-    text = out.read_text()
+        runs.append(run)
+    text = report_from(tmp_path, study, runs)
     # weight 0: last-5 means 0.48, 0.36 -> 0.42 ± 0.0849; weight 0.1: 0.42 ± 0 -> gap 0 within 0.0849.
     assert (
         "deficit weight 0 / 0.1 gives a cumulative load CV of 0.070 / 0.000 and a cohort accuracy "

@@ -1,0 +1,39 @@
+"""The study report: `python -m flexmoe_bench.report` writes docs/results.md and docs/figures/.
+
+It also refreshes the copy of the main table that the README quotes between its markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from flexmoe_bench.report.document import quote_in_readme, write_report
+from flexmoe_bench.report.summaries import ROOT
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flexmoe_bench.report", description=__doc__.splitlines()[0])
+    parser.add_argument("--summaries", type=Path, default=ROOT / "docs" / "study" / "runs")
+    parser.add_argument("--study", type=Path, default=ROOT / "conf" / "study.toml")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
+    parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
+    parser.add_argument(
+        "--readme",
+        type=Path,
+        default=ROOT / "README.md",
+        help="README whose quoted main table (between markers) is refreshed; '' for none",
+    )
+    args = parser.parse_args(argv)
+    for name, path in (("--summaries", args.summaries), ("--study", args.study)):
+        if not path.exists():
+            raise SystemExit(f"{name}: no such path {path}")
+    path = write_report(args.summaries.resolve(), args.study.resolve(), args.out.resolve(), args.figures.resolve())
+    print(f"wrote {path} and its figures in {args.figures}")
+    if args.readme and quote_in_readme(args.readme, path):
+        print(f"updated the main table quoted in {args.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
