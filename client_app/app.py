@@ -164,7 +164,7 @@ def initial_gate_seed(settings: Settings, node: NodeSettings) -> int:
 
 def gate_folder(node: NodeSettings, run_token: str) -> Path:
     """Where this client keeps its gates for one run: another run (another token) never looks here."""
-    return Path(node.state_dir) / f"run-{run_token}" / node.client_id
+    return P.gate_folder(node.state_dir, run_token, node.client_id)
 
 
 def store_gate(context: Context, node: NodeSettings, model: MoEClassifier, server_round: int, run_token: str) -> None:
@@ -177,7 +177,7 @@ def store_gate(context: Context, node: NodeSettings, model: MoEClassifier, serve
         folder.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         np.savez(buffer, allow_pickle=False, **gate)
-        atomic_write_bytes(folder / f"gate-round{server_round}.npz", buffer.getvalue())
+        atomic_write_bytes(folder / P.gate_file(server_round), buffer.getvalue())
         for old in sorted(folder.glob("gate-round*.npz"), key=_round_of)[:-GATES_KEPT]:
             old.unlink(missing_ok=True)
 
@@ -191,7 +191,7 @@ def load_gate(context: Context, node: NodeSettings, wanted_round: int, run_token
         if _int(context.state[GATE_ROUND_KEY]["round"]) == wanted_round:
             return in_memory
     if node.state_dir:
-        path = gate_folder(node, run_token) / f"gate-round{wanted_round}.npz"
+        path = gate_folder(node, run_token) / P.gate_file(wanted_round)
         if path.is_file():
             with np.load(path) as data:
                 return {k: data[k] for k in data.files}
@@ -199,7 +199,7 @@ def load_gate(context: Context, node: NodeSettings, wanted_round: int, run_token
 
 
 def _round_of(path: Path) -> int:
-    return int(path.stem.removeprefix("gate-round"))
+    return P.gate_round_of(path)
 
 
 def _run_token(msg: Message) -> str:

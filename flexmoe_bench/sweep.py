@@ -30,6 +30,7 @@ from flexmoe_bench.launcher import RunOutcome, SimulationSuperLink
 from flexmoe_bench.study import Cell, expand, holding_counts, select
 from flexmoe_core.config import Settings
 from flexmoe_core.files import atomic_write_json
+from flexmoe_core.tracking import TRACKERS
 
 # Per-round metrics kept in a run summary: enough for every table and figure of the report.
 CURVES = (
@@ -148,6 +149,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "cells run in the order of the patterns (default: all, in file order)",
     )
     parser.add_argument("--force", action="store_true", help="re-run the selected cells even if summarised")
+    parser.add_argument(
+        "--tracking",
+        choices=TRACKERS,
+        default="none",
+        help="experiment tracking for every cell (tensorboard: `tensorboard --logdir RESULTS` browses the grid); "
+        "it changes no result, so summaries stay valid",
+    )
     parser.add_argument("--list", action="store_true", help="print the cells and whether each is done, then exit")
     return parser.parse_args(argv)
 
@@ -180,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         def run(cell: Cell) -> RunOutcome:
             superlink.federation_config["num-supernodes"] = cell.num_supernodes
             print(f"--- {cell.id}: {cell.num_supernodes} clients", flush=True)
-            return superlink.run(APP_DIR, {**cell.overrides, "results-dir": str(results / cell.id)}, echo=False)
+            run_config = {**cell.overrides, "results-dir": str(results / cell.id)}
+            if args.tracking != "none":  # not in the cell's overrides: a summary's run config stays the grid's
+                run_config["tracking"] = args.tracking
+            return superlink.run(APP_DIR, run_config, echo=False)
 
         def save(cell: Cell, outcome: RunOutcome) -> None:
             atomic_write_json(summaries / f"{cell.id}.json", run_summary(cell, results / cell.id, outcome))

@@ -24,6 +24,7 @@ from flexmoe_core.data import spec_of as dataset_shape  # noqa: F401 - re-export
 from flexmoe_core.fitness import MODES as FITNESS_MODES
 from flexmoe_core.model import ARCHS as MODELS
 from flexmoe_core.robust_aggregation import ROBUST_METHODS
+from flexmoe_core.tracking import TRACKERS
 
 PARTITIONS = ("iid", "dirichlet", "classes")  # implemented in client_app.partitions (flwr-datasets)
 # Implemented by the ClientApp (client_app.poisoning), which is what applies an attack. The names
@@ -92,6 +93,8 @@ class Settings:
     attack: str = "none"
     attack_scale: float = 10.0
     attack_clients: str = ""
+    # Experiment tracking (flexmoe_core.tracking): "tensorboard" writes <results-dir>/tensorboard/.
+    tracking: str = "none"
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> Settings:
@@ -163,6 +166,7 @@ class Settings:
         check.at_least("attack-scale", self.attack_scale, 0.0)
         if self.attack != "none" and not self.attacking_clients:
             out.append(f"attack = {self.attack!r} needs attack-clients (comma-separated client ids)")
+        check.choice("tracking", self.tracking, TRACKERS)
         if not self.results_dir.strip():
             out.append("results-dir must be a non-empty path")
         return out

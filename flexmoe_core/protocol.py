@@ -14,12 +14,16 @@ Client -> server
 
 State keys: `extractor.*` (shared feature extractor), `experts.{e}.*` (expert e), `gate.*`
 (the client's own router, never sent).
+
+Gate snapshots on disk (when a client has a state dir): `gate_folder(...) / gate_file(round)`,
+written by the ClientApp, read by it on resume and by the per-device export (flexmoe_core.export).
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from pathlib import Path
 
 # Record names inside a message's RecordDict.
 ARRAYS = "arrays"
@@ -69,3 +73,18 @@ def is_gate(key: str) -> bool:
 def held_experts(keys: Iterable[str]) -> list[int]:
     """Expert ids present among state keys, ascending."""
     return sorted({e for key in keys if (e := expert_of(key)) is not None})
+
+
+def gate_folder(state_dir: str | Path, run_token: str, client_id: str) -> Path:
+    """Where a client keeps its gate snapshots for one run: another run (another token) never looks here."""
+    return Path(state_dir) / f"run-{run_token}" / client_id
+
+
+def gate_file(server_round: int) -> str:
+    """The name of the gate snapshot a client stores after training in `server_round`."""
+    return f"gate-round{int(server_round)}.npz"
+
+
+def gate_round_of(path: str | Path) -> int:
+    """Inverse of `gate_file`: the round of a snapshot file's name."""
+    return int(Path(path).stem.removeprefix("gate-round"))

@@ -77,7 +77,7 @@ class ResultsWriter:
 
 def rounds_to_csv(rounds: Sequence[Mapping[str, Any]]) -> str:
     """Flatten per-round dicts to CSV; list values become `<key>-<index>` columns."""
-    flat = [_flatten(r) for r in rounds]
+    flat = [flatten_row(r) for r in rounds]
     columns: list[str] = []
     for row in flat:
         columns.extend(key for key in row if key not in columns)
@@ -88,7 +88,8 @@ def rounds_to_csv(rounds: Sequence[Mapping[str, Any]]) -> str:
     return out.getvalue()
 
 
-def _flatten(row: Mapping[str, Any]) -> dict[str, Any]:
+def flatten_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """One round as its metrics.csv row: a list value becomes `<key>-<index>` columns."""
     flat: dict[str, Any] = {}
     for key, value in row.items():
         if isinstance(value, (list, tuple)):

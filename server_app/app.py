@@ -16,6 +16,7 @@ from flexmoe_core.config import Settings
 from flexmoe_core.metrics import coefficient_of_variation
 from flexmoe_core.model import build_global_state
 from flexmoe_core.results import ResultsWriter, load_checkpoint, save_checkpoint
+from flexmoe_core.tracking import make_tracker
 from server_app.strategy import FlexMoEStrategy
 
 log = logging.getLogger("flexmoe.server")
@@ -50,6 +51,7 @@ class FederatedRun:
         if settings.resume:
             self._resume()
         self.writer.write_config(settings.to_run_config())
+        self.tracker = make_tracker(settings.tracking, settings.results_dir, first_round=self.first_round)
 
     def execute(self) -> None:
         s = self.settings
@@ -62,6 +64,7 @@ class FederatedRun:
             self.rounds.append(row)
             self.history.append(self.strategy.assignment_record(server_round))
             self._persist(server_round)
+            self.tracker.log_round(row)
             log.info(
                 "[round %d/%d] accuracy %.4f (p10 %.4f) | load CV %.3f (cumulative %.3f), routed CV %.3f"
                 " | clients %d/%d ok | solve %.3fs, round %.1fs, elapsed %.0fs",
@@ -78,6 +81,8 @@ class FederatedRun:
                 row["round-seconds"],
                 time.perf_counter() - started,
             )
+        self.tracker.finish(self.writer.directory, len(self.rounds))
+        self.tracker.close()
         log.info("run finished: %d rounds, results in %s", len(self.rounds), Path(s.results_dir).resolve())
 
     def _round(self, server_round: int) -> dict[str, Any]:
