@@ -148,6 +148,14 @@ def select_experts(global_state: State, held: Iterable[int]) -> dict[str, np.nda
 
     Raises ValueError for a repeated expert id or one with no keys in the global state.
     """
+    return {key: np.array(global_state[key], copy=True) for key in download_keys(global_state, held)}
+
+
+def download_keys(global_state: State, held: Iterable[int]) -> list[str]:
+    """The keys of a client's download (extractor + the experts in `held`), in the state's order.
+
+    Raises ValueError for a repeated expert id or one with no keys in the global state.
+    """
     held_ids = checks.integers("held expert ids", held)
     wanted = set(held_ids)
     if len(wanted) != len(held_ids):
@@ -156,12 +164,11 @@ def select_experts(global_state: State, held: Iterable[int]) -> dict[str, np.nda
     missing = sorted(wanted - present)
     if missing:
         raise ValueError(f"held experts {missing} have no keys in the global state")
-    download: dict[str, np.ndarray] = {}
-    for key, value in global_state.items():
-        expert = expert_of(key)
-        if (expert is None and key.startswith(EXTRACTOR_PREFIX)) or expert in wanted:
-            download[key] = np.array(value, copy=True)
-    return download
+    return [
+        key
+        for key in global_state
+        if ((expert := expert_of(key)) is None and key.startswith(EXTRACTOR_PREFIX)) or expert in wanted
+    ]
 
 
 def payload_bytes(state: State) -> int:

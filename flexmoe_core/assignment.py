@@ -36,6 +36,7 @@ variant that borrows the method's balancing.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from fractions import Fraction
@@ -235,9 +236,7 @@ def _solve_lp_cvxpy(
 
 def _pick_cvxpy_solver(requested: str | None) -> tuple[str, dict[str, Any]]:
     """HiGHS simplex when installed (returns a vertex), otherwise CLARABEL (interior point)."""
-    import cvxpy as cp
-
-    installed = cp.installed_solvers()
+    installed = _installed_cvxpy_solvers()
     name = requested or ("HIGHS" if "HIGHS" in installed else "CLARABEL")
     if name not in installed:
         raise RuntimeError(f"cvxpy solver {name} is not installed (have {installed})")
@@ -247,6 +246,14 @@ def _pick_cvxpy_solver(requested: str | None) -> tuple[str, dict[str, Any]]:
     highs = {"solver": "simplex", "output_flag": False}
     options: dict[str, Any] = {"highs_options": highs} if name == "HIGHS" else {}
     return name, options
+
+
+@functools.cache
+def _installed_cvxpy_solvers() -> tuple[str, ...]:
+    """cvxpy probes every solver package on each call (about 7 ms); the answer cannot change in a process."""
+    import cvxpy as cp
+
+    return tuple(cp.installed_solvers())
 
 
 def _is_integral(x: np.ndarray, tol: float = INTEGRALITY_TOL) -> bool:

@@ -1,0 +1,92 @@
+"""Personalised evaluation: who is evaluated with which experts, and the accuracy over their replies."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+from flwr.app import Message
+
+from flexmoe_core import metrics as M
+from flexmoe_core import protocol as P
+from flexmoe_core.config import Settings
+from flexmoe_core.replies import ClientInfo, ReplyError, validate_eval_reply
+from flexmoe_core.seeds import round_rng
+from server_app.planning import RoundPlan
+from server_app.records import message_bytes
+
+log = logging.getLogger("flexmoe.server")
+
+EVAL_ASSIGNMENT_STREAM = "eval-assignment"
+EVAL_COHORT_STREAM = "eval-cohort"
+
+# (clients, round, stream) -> the (N, E) assignment the method's own rule gives them now.
+Decide = Callable[[list[ClientInfo], int, str], np.ndarray]
+
+
+def targets(
+    settings: Settings,
+    plan: RoundPlan,
+    nodes: Mapping[int, ClientInfo],
+    cohort: list[str],
+    decide: Decide,
+    server_round: int,
+) -> list[tuple[int, list[int]]]:
+    """Who is evaluated, with which experts.
+
+    By default the clients that trained this round, with the experts they held. Under partial
+    participation those change every round, so accuracy curves would compare different clients;
+    with `eval-cohort = M` a fixed cohort of M clients (`cohort`, drawn once from the seed) is
+    evaluated every round instead, each with the experts the method's own rule gives the cohort now
+    (as if it were the round's participants; nothing is learned from it) and its latest gate.
+    """
+    if not settings.eval_cohort:
+        return [(node, plan.held(node)) for node in plan.completed]
+    by_id = {info.client_id: node for node, info in nodes.items()}
+    members = [by_id[c] for c in cohort if c in by_id]
+    x = decide([nodes[n] for n in members], server_round, EVAL_ASSIGNMENT_STREAM)
+    return [(node, np.flatnonzero(row).tolist()) for node, row in zip(members, x)]
+
+
+def draw_cohort(settings: Settings, nodes: Mapping[int, ClientInfo]) -> list[str]:
+    """The fixed evaluation cohort: `eval-cohort` client ids drawn from the seed among those known."""
+    known = sorted(info.client_id for info in nodes.values())
+    rng = round_rng(settings.seed, EVAL_COHORT_STREAM, 0)
+    size = min(settings.eval_cohort, len(known))
+    cohort = sorted(known[i] for i in rng.choice(len(known), size=size, replace=False))
+    log.info("evaluation cohort (fixed for the run): %s", ", ".join(cohort))
+    return cohort
+
+
+def accuracy_metrics(plan: RoundPlan, replies: Iterable[Message], server_round: int) -> dict[str, Any]:
+    """Accuracy over the valid evaluation replies (example-weighted, with its spread over clients)."""
+    outcomes = []
+    for reply in replies:
+        plan.traffic.up["evaluate"] += message_bytes(reply)
+        if reply.has_error():
+            log.warning(
+                "round %d: evaluation failed on node %d: %s",
+                server_round,
+                reply.metadata.src_node_id,
+                reply.error.reason,
+            )
+            continue
+        try:
+            outcomes.append(validate_eval_reply(dict(reply.content.metric_records[P.METRICS])))
+        except (ReplyError, KeyError) as err:
+            log.warning("round %d: rejected evaluation of node %d: %s", server_round, reply.metadata.src_node_id, err)
+    if not outcomes:
+        return {}
+    accuracies = np.array([o.accuracy for o in outcomes])
+    examples = np.array([o.num_examples for o in outcomes], dtype=float)
+    summary = M.accuracy_summary(accuracies, examples)
+    return {
+        "accuracy": float(summary["mean"]),
+        "accuracy-min": float(summary["min"]),
+        "accuracy-p10": float(summary["p10"]),
+        "accuracy-median": float(summary["median"]),
+        "eval-loss": float(np.average([o.loss for o in outcomes], weights=np.maximum(examples, 1e-12))),
+        "num-evaluated": len(outcomes),
+    }

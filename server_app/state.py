@@ -1,0 +1,69 @@
+"""Everything the server carries from one round to the next, and its checkpoint form."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from flexmoe_core.assignment import LoadTracker
+from flexmoe_core.config import Settings
+from flexmoe_core.fitness import FitnessTable
+from flexmoe_core.replies import ClientInfo
+
+
+@dataclass
+class ServerState:
+    """The global model, Q, the load deficits, and who the server knows.
+
+    The random streams need no state: sampling, assignment and the evaluation cohort draw from
+    generators seeded by (seed, purpose, round) alone.
+    """
+
+    global_state: dict[str, np.ndarray]
+    fitness: FitnessTable
+    loads: LoadTracker
+    run_token: str = field(default_factory=lambda: secrets.token_hex(8))
+    round: int = 0  # last round whose training was aggregated
+    cohort: list[str] = field(default_factory=list)  # fixed evaluation cohort (eval-cohort > 0)
+    nodes: dict[int, ClientInfo] = field(default_factory=dict)
+
+    @classmethod
+    def fresh(cls, settings: Settings, global_state: Mapping[str, np.ndarray]) -> ServerState:
+        fitness = FitnessTable(
+            settings.num_experts,
+            mode=settings.fitness,
+            ema_beta=settings.ema_beta,
+            loss_alpha=settings.loss_alpha,
+            initial=settings.initial_fitness,
+        )
+        return cls(dict(global_state), fitness, LoadTracker(settings.num_experts))
+
+    def to_dict(self) -> dict[str, Any]:
+        """`"global"` holds the arrays, the rest is JSON-safe."""
+        return {
+            "global": dict(self.global_state),
+            "fitness": self.fitness.to_dict(),
+            "loads": self.loads.to_dict(),
+            "run-token": self.run_token,  # clients find the gates this run stored under it
+            "round": self.round,
+            "cohort": list(self.cohort),
+            "nodes": {str(node): asdict(info) for node, info in self.nodes.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, state: Mapping[str, Any]) -> ServerState:
+        """Inverse of `to_dict` (e.g. from a checkpoint). Nodes that are no longer connected are
+        dropped at the next discovery."""
+        return cls(
+            global_state=dict(state["global"]),
+            fitness=FitnessTable.from_dict(state["fitness"]),
+            loads=LoadTracker.from_dict(state["loads"]),
+            run_token=str(state["run-token"]),
+            round=int(state["round"]),
+            cohort=list(state.get("cohort", [])),
+            nodes={int(node): ClientInfo(**info) for node, info in state.get("nodes", {}).items()},
+        )
