@@ -9,6 +9,11 @@ disk, stable node identities across a SuperNode restart, and the insecure localh
 mode. Every port is a free loopback port and FLWR_HOME is private, so the tests can run
 next to other Flower deployments on the same machine.
 
+The app is deployed from its Flower App Bundle: `flwr build` makes the .fab (checked for
+what it holds and its size), the run is submitted from that bundle unpacked, and every
+Flower process (SuperLink, SuperNodes, ServerApp, ClientApps) runs with the source tree
+taken off its import path, so the app can only come from the bundle the SuperLink stored.
+
 Every process is stopped by pid (the scripts' pid files, then a fallback that signals
 each remaining process of those trees), also when an assertion fails or the test times
 out; nothing is ever looked up by name.
@@ -16,6 +21,7 @@ out; nothing is ever looked up by name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -92,22 +98,61 @@ def run_bounded(command: list[str], env: dict[str, str], log: Path, timeout: flo
     return code, log.read_text(errors="replace")
 
 
-def stage_app(dest: Path) -> Path:
-    """A copy of the Flower app alone: pyproject.toml, README.md and the packages it ships.
+# Test-only sitecustomize: a Flower process (flwr-*, flower-*) drops the source tree from its
+# import path (the editable install's .pth and PYTHONPATH both put it there), and notes that it did.
+HIDE_SOURCE_TREE = """
+import os, sys
+_root = os.path.realpath(os.environ["FLEXMOE_HIDDEN_ROOT"])
+_argv = list(getattr(sys, "orig_argv", sys.argv))
+_names = [os.path.basename(a) for a in _argv[1:3]]
+_flower = [n for n in _names if n.startswith(("flwr", "flower-"))]
+if _flower:
+    sys.path[:] = [p for p in sys.path if os.path.realpath(p or os.getcwd()) != _root]
+    with open(os.environ["FLEXMOE_HIDDEN_LOG"], "a") as _log:
+        _log.write(_flower[0] + "\\n")
+"""
+FAB_MAX_BYTES = 512 * 1024
+FAB_PACKAGES = ("flexmoe_core", "server_app", "client_app")
 
-    `flwr run .` on the working tree would pack every file that the top-level
-    .gitignore does not exclude (and refuses trees more than 10 folders deep), so local
-    clutter in a developer's checkout, such as a tool's virtual environment, could break
-    or bloat the FAB. What the test deploys is the app, so it packs exactly that.
+
+def hide_source_tree(env: dict[str, str], folder: Path) -> Path:
+    """Make every Flower process started with `env` blind to the source tree; returns the log of them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sitecustomize.py").write_text(HIDE_SOURCE_TREE)
+    env["PYTHONPATH"] = f"{folder}{os.pathsep}{env['PYTHONPATH']}" if env.get("PYTHONPATH") else str(folder)
+    env["FLEXMOE_HIDDEN_ROOT"] = str(ROOT)
+    env["FLEXMOE_HIDDEN_LOG"] = str(folder / "hidden.log")
+    return folder / "hidden.log"
+
+
+def build_bundle(dest: Path, env: dict[str, str]) -> tuple[Path, Path]:
+    """`flwr build` of the repository (its fab-include rules), checked, and unpacked: (fab, app dir).
+
+    `flwr run` takes an app directory and builds the FAB it sends from it; built from the unpacked
+    bundle it sends exactly the bytes of the .fab (the build is deterministic), which the test
+    checks against the hash the SuperLink stored for the run.
     """
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    import zipfile
+
     dest.mkdir(parents=True)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy2(ROOT / name, dest / name)
-    for package in packages:
-        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    return dest
+    done = subprocess.run(
+        [tool("flwr"), "build", "--app", str(ROOT)], cwd=dest, env=env, capture_output=True, text=True, timeout=120
+    )
+    fabs = list(dest.glob("*.fab"))
+    assert done.returncode == 0 and len(fabs) == 1, done.stdout + done.stderr
+    fab = fabs[0]
+    with zipfile.ZipFile(fab) as bundle:
+        names = bundle.namelist()
+        app = dest / "flexmoe"  # a valid Flower app name, as `flwr build` wants of the directory
+        bundle.extractall(app)
+    outside = [n for n in names if n.split("/")[0] not in FAB_PACKAGES and n not in ("pyproject.toml", ".info/CONTENT")]
+    assert outside == [], f"the FAB carries more than the apps and the core: {outside}"
+    assert all(n.endswith(".py") for n in names if n.split("/")[0] in FAB_PACKAGES)  # no data, no checkpoints
+    assert {"server_app/app.py", "client_app/app.py", "flexmoe_core/model.py"} <= set(names)
+    size = fab.stat().st_size
+    print(f"FAB {fab.name}: {size} bytes, {len(names)} files")
+    assert size <= FAB_MAX_BYTES, f"FAB is {size} bytes, more than {FAB_MAX_BYTES}"
+    return fab, app
 
 
 class Deployment:
@@ -224,6 +269,7 @@ def test_tls_authenticated_deployment_runs_two_flexmoe_rounds(deployment: Deploy
     rounds_wanted = 2
     dep.script("make_certs.sh", str(dep.certs), str(len(CAPACITIES) + 1))  # key 4 is never registered
 
+    hidden_log = hide_source_tree(dep.env, dep.run_dir / "hide-source")
     dep.script("start_superlink.sh")
     ca = ssl.create_default_context(cafile=str(dep.certs / "ca.crt"))
     with urllib.request.urlopen(f"https://127.0.0.1:{dep.superlink_port}/health", context=ca, timeout=10) as r:
@@ -266,7 +312,7 @@ def test_tls_authenticated_deployment_runs_two_flexmoe_rounds(deployment: Deploy
     )
     assert code not in (0, None) and "Failed to activate SuperNode" in output and "SuperNode ID:" not in output
 
-    app = stage_app(dep.run_dir / "app")
+    fab, app = build_bundle(dep.run_dir / "fab", dep.env)
     submitted = dep.flwr(
         "run",
         str(app),
@@ -294,6 +340,13 @@ def test_tls_authenticated_deployment_runs_two_flexmoe_rounds(deployment: Deploy
             cwd=ROOT,
         ).stdout
         pytest.fail(f"run {run_id}: {status}\n{log[-4000:]}")
+
+    # The run is the bundle: the SuperLink stored exactly the .fab's bytes, and the ServerApp and
+    # every ClientApp ran without the source tree on their import path.
+    (stored,) = dep.flwr("ls", CONNECTION, "--run-id", run_id)["runs"]
+    assert stored["fab-hash"] == hashlib.sha256(fab.read_bytes()).hexdigest()
+    hidden = hidden_log.read_text().split()
+    assert "flwr-serverapp" in hidden and hidden.count("flwr-clientapp") >= len(CAPACITIES), hidden
 
     rounds = json.loads((results / "metrics.json").read_text())
     assert [r["round"] for r in rounds] == [1, 2]
