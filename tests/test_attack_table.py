@@ -1,4 +1,4 @@
-"""The attack x defence runner's grid and table (the runs themselves are in the README's table)."""
+"""The attack x defence runner's grid and table (the runs themselves are in docs/attacks.md)."""
 
 from __future__ import annotations
 
