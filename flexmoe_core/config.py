@@ -17,6 +17,7 @@ from typing import Any
 # Each choice tuple is declared once, by the module that implements the choices.
 from flexmoe_core.assignment import METHODS as ASSIGNMENT_METHODS
 from flexmoe_core.assignment import SOLVERS
+from flexmoe_core.centered_clip import DIRECTION_ACTIONS
 
 # The one source of dataset shapes (constants only: importing it loads no data).
 from flexmoe_core.data import SPECS
@@ -88,6 +89,14 @@ class Settings:
     robust_aggregation: str = "none"
     trim_fraction: float = 0.2
     clip_factor: float = 2.0
+    # centered-clip (flexmoe_core.centered_clip): tau (0 = clip-factor x the pooled median distance),
+    # the reference's momentum, and the direction check on each update (-1 = off).
+    clip_tau: float = 0.0
+    clip_momentum: float = 0.0
+    direction_threshold: float = 0.0
+    direction_action: str = "drop"
+    # Redundancy (flexmoe_core.redundancy): every expert trained in a round has >= min-holders holders.
+    min_holders: int = 1
     max_declared_examples: int = 1_000_000
     # Attack simulation for research (client_app.poisoning), off by default.
     attack: str = "none"
@@ -161,6 +170,13 @@ class Settings:
         check.choice("robust-aggregation", self.robust_aggregation, ROBUST_METHODS)
         check.between("trim-fraction", self.trim_fraction, 0.0, 0.4999, "0 <= trim-fraction < 0.5")
         check.positive("clip-factor", self.clip_factor)
+        check.at_least("clip-tau", self.clip_tau, 0.0)
+        check.between("clip-momentum", self.clip_momentum, 0.0, 0.999999, "0 <= clip-momentum < 1")
+        check.between("direction-threshold", self.direction_threshold, -1.0, 1.0, "a cosine in [-1, 1] (-1 = off)")
+        check.choice("direction-action", self.direction_action, DIRECTION_ACTIONS)
+        check.at_least("min-holders", self.min_holders, 1)
+        if self.min_holders > 1 and self.assignment != "flexmoe":
+            out.append(f"min-holders > 1 needs assignment = 'flexmoe', got {self.assignment!r} (use min-holders = 1)")
         check.at_least("max-declared-examples", self.max_declared_examples, 1)
         check.choice("attack", self.attack, ATTACKS)
         check.at_least("attack-scale", self.attack_scale, 0.0)

@@ -24,6 +24,11 @@ Methods (`robust-aggregation`):
                   plain weighted average with 1-2 holders, where no statistic can tell an
                   attacker from an honest client; see :func:`trim_count`.
 ``median``        coordinate-wise median over a group's holders (unweighted, as FedMedian).
+``centered-clip`` history-centred clipping (flexmoe_core.centered_clip): each update's distance to
+                  the group's reference (the server's last accepted update, with momentum) is
+                  clipped to tau, so one holder moves a group by at most tau. It keeps state: the
+                  server calls :func:`flexmoe_core.centered_clip.centered_clip` with its references;
+                  here, without them, it is centred on zero (a first round).
 
 An expert nobody held keeps its weights, as in plain aggregation, and every output
 array has its global array's dtype.
@@ -38,9 +43,10 @@ import numpy as np
 
 from flexmoe_core import checks
 from flexmoe_core.aggregation import ClientUpdate, State, aggregate
+from flexmoe_core.centered_clip import centered_clip
 from flexmoe_core.protocol import expert_of, is_extractor
 
-ROBUST_METHODS = ("none", "norm-clip", "trimmed-mean", "median")
+ROBUST_METHODS = ("none", "norm-clip", "trimmed-mean", "median", "centered-clip")
 
 
 def robust_aggregate(
@@ -62,6 +68,8 @@ def robust_aggregate(
         return aggregate(global_state, updates, num_experts)
     if method == "norm-clip":
         return aggregate(global_state, clip_updates(global_state, updates, clip_factor), num_experts)
+    if method == "centered-clip":
+        return centered_clip(global_state, updates, num_experts, clip_factor=clip_factor).state
     # Validation (keys, shapes, experts) as in plain aggregation, then replace every held group.
     result = aggregate(global_state, updates, num_experts)
     for group, holders in _groups(updates).items():

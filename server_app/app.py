@@ -21,6 +21,7 @@ from server_app.strategy import FlexMoEStrategy
 
 log = logging.getLogger("flexmoe.server")
 app = ServerApp()
+REFERENCE_PREFIX = "reference/"  # checkpoint arrays of centered-clip's references (no model key starts so)
 
 
 @app.main()
@@ -137,6 +138,8 @@ class FederatedRun:
         s = self.settings
         server = self.strategy.state_dict()
         arrays = server.pop("global")
+        # centered-clip's references travel as arrays next to the model's, under their own prefix.
+        arrays = {**arrays, **{REFERENCE_PREFIX + k: v for k, v in server.pop("references", {}).items()}}
         self.writer.write_rounds(self.rounds)
         self.writer.write_assignments(self.history, server["fitness"])
         state = {"server": server, "config": s.to_run_config(), "rounds": self.rounds, "history": self.history}
@@ -154,7 +157,9 @@ class FederatedRun:
     def _resume(self) -> None:
         arrays, state = load_checkpoint(self.writer.checkpoint_path)
         _check_compatible(state["config"], self.settings)
-        self.strategy.load_state_dict({**state["server"], "global": arrays})
+        references = {k[len(REFERENCE_PREFIX) :]: v for k, v in arrays.items() if k.startswith(REFERENCE_PREFIX)}
+        model = {k: v for k, v in arrays.items() if not k.startswith(REFERENCE_PREFIX)}
+        self.strategy.load_state_dict({**state["server"], "global": model, "references": references})
         self.rounds = state["rounds"]
         self.history = state["history"]
         self.first_round = int(state["server"]["round"]) + 1

@@ -30,6 +30,8 @@ class ServerState:
     round: int = 0  # last round whose training was aggregated
     cohort: list[str] = field(default_factory=list)  # fixed evaluation cohort (eval-cohort > 0)
     nodes: dict[int, ClientInfo] = field(default_factory=dict)
+    # centered-clip's per-group references (flexmoe_core.centered_clip), keyed like the model; else empty.
+    references: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def fresh(cls, settings: Settings, global_state: Mapping[str, np.ndarray]) -> ServerState:
@@ -43,7 +45,7 @@ class ServerState:
         return cls(dict(global_state), fitness, LoadTracker(settings.num_experts))
 
     def to_dict(self) -> dict[str, Any]:
-        """`"global"` holds the arrays, the rest is JSON-safe."""
+        """`"global"` and `"references"` hold arrays, the rest is JSON-safe."""
         return {
             "global": dict(self.global_state),
             "fitness": self.fitness.to_dict(),
@@ -51,6 +53,7 @@ class ServerState:
             "run-token": self.run_token,  # clients find the gates this run stored under it
             "round": self.round,
             "cohort": list(self.cohort),
+            "references": dict(self.references),
             "nodes": {str(node): asdict(info) for node, info in self.nodes.items()},
         }
 
@@ -65,5 +68,6 @@ class ServerState:
             run_token=str(state["run-token"]),
             round=int(state["round"]),
             cohort=list(state.get("cohort", [])),
+            references=dict(state.get("references", {})),
             nodes={int(node): ClientInfo(**info) for node, info in state.get("nodes", {}).items()},
         )

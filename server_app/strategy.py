@@ -159,7 +159,9 @@ class FlexMoEStrategy(Strategy):
                 self.settings.round_timeout,
             )
         plan.completed = [n for n in plan.node_ids if n in outcome.accepted]
-        self.global_state = training.aggregate(self.global_state, plan, outcome, self.settings)
+        self.global_state = training.aggregate(
+            self.global_state, plan, outcome, self.settings, self.state.references, server_round
+        )
         training.learn(self.fitness, self.loads, plan, outcome, self.nodes)
         self.state.round = server_round
         plan.metrics = training.round_metrics(plan, outcome, self.num_experts)

@@ -17,6 +17,7 @@ from flwr.app import Message
 from flexmoe_core import metrics as M
 from flexmoe_core import protocol as P
 from flexmoe_core.assignment import LoadTracker
+from flexmoe_core.centered_clip import centered_clip
 from flexmoe_core.config import Settings
 from flexmoe_core.fitness import FitnessTable
 from flexmoe_core.replies import ClientInfo, ReplyError, TrainFeedback, validate_train_reply
@@ -68,10 +69,46 @@ def collect(
 
 
 def aggregate(
-    global_state: Mapping[str, np.ndarray], plan: RoundPlan, outcome: Outcome, settings: Settings
+    global_state: Mapping[str, np.ndarray],
+    plan: RoundPlan,
+    outcome: Outcome,
+    settings: Settings,
+    references: dict[str, np.ndarray] | None = None,
+    server_round: int = 0,
 ) -> dict[str, np.ndarray]:
-    """The new global model from the accepted replies (under the configured robust rule)."""
+    """The new global model from the accepted replies (under the configured robust rule).
+
+    centered-clip reads and updates `references` (the server's per-group history) in place, and logs
+    every update its direction check dropped or down-weighted, with the client and the round.
+    """
     s = settings
+    if s.robust_aggregation == "centered-clip":
+        done = centered_clip(
+            global_state,
+            [outcome.accepted[n].update for n in plan.completed],
+            s.num_experts,
+            references,
+            tau=s.clip_tau,
+            clip_factor=s.clip_factor,
+            momentum=s.clip_momentum,
+            direction_threshold=s.direction_threshold,
+            direction_action=s.direction_action,
+            labels=[plan.clients[plan.row(n)].client_id for n in plan.completed],
+        )
+        for flag in done.flags:
+            log.warning(
+                "round %d: %s the %s update of client %s: cosine %.3f to the reference < direction-threshold %.2f",
+                server_round,
+                "dropped" if flag.action == "drop" else f"down-weighted (x{flag.factor:.2f})",
+                flag.group,
+                flag.client,
+                flag.cosine,
+                s.direction_threshold,
+            )
+        if references is not None:
+            references.clear()
+            references.update(done.references)
+        return done.state
     return robust_aggregate(
         global_state,
         [outcome.accepted[n].update for n in plan.completed],
