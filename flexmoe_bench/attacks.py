@@ -1,15 +1,18 @@
-"""Attack x defence table: `python -m flexmoe_bench.attacks` (FLEX-MoE under poisoning, same seed).
+"""Attack x defence table: `python -m flexmoe_bench.attacks` (FLEX-MoE under poisoning, per seed).
 
-Runs the clean federation and each attack under each defence through the same `flwr run`
-simulation path as the main job, then prints final accuracy per cell and writes
-`summary.json` / `summary.csv` (committed under docs/attacks/). Cells already summarised
-there are skipped, so an interrupted table resumes.
+Runs the clean federation and each attack under each defence and each `min-holders` value, for
+each seed, through the same `flwr run` simulation path as the main job, then prints the final
+accuracy per cell (mean +- std over the seeds done) and writes `summary.json` / `summary.csv`
+(committed under docs/attacks/), one row per run. Runs already summarised there are skipped, so
+an interrupted table resumes; `--attacks/--defences/--min-holders/--seeds` pick a part of it.
+Rows from before the min-holders and seed axes count as min-holders 1, seed 42.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,12 +22,17 @@ from flexmoe_bench.launcher import SimulationSuperLink
 from flexmoe_core.config import ATTACKS
 from flexmoe_core.robust_aggregation import ROBUST_METHODS
 
+SEEDS = (42, 43, 44)
+LEGACY = {"min-holders": 1, "seed": 42}  # what rows written before these axes existed ran with
+
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=APP_DIR / "conf" / "attacks.toml")
     parser.add_argument("--attacks", default=",".join(ATTACKS[1:]), help="comma-separated, from " + ", ".join(ATTACKS))
     parser.add_argument("--defences", default=",".join(ROBUST_METHODS), help="from " + ", ".join(ROBUST_METHODS))
+    parser.add_argument("--min-holders", default="1,3", help="comma-separated min-holders values")
+    parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
     parser.add_argument("--num-supernodes", type=int, default=10)
     parser.add_argument("--out", type=Path, default=APP_DIR / "results" / "attacks", help="each run's results")
     parser.add_argument(
@@ -36,9 +44,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def cells(attacks: list[str], defences: list[str]) -> list[tuple[str, str]]:
-    """(attack, defence) pairs; 'none' first, so the clean cost of each defence is measured too."""
-    return [(attack, defence) for attack in ["none", *attacks] for defence in defences]
+Cell = tuple[str, str, int, int]  # attack, defence, min-holders, seed
+
+
+def cells(attacks: list[str], defences: list[str], holders: list[int], seeds: list[int]) -> list[Cell]:
+    """Every run; 'none' (clean) first, so the clean cost of each defence is measured too."""
+    return [(a, d, h, s) for s in seeds for a in ["none", *attacks] for h in holders for d in defences]
+
+
+def key(attack: str, defence: str, holders: int, seed: int) -> str:
+    return f"{attack}/{defence}/h{holders}/s{seed}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,17 +63,19 @@ def main(argv: list[str] | None = None) -> int:
     bad = [a for a in attacks if a not in ATTACKS] + [d for d in defences if d not in ROBUST_METHODS]
     if bad:
         raise SystemExit(f"unknown attack or defence {bad}; allowed: {ATTACKS} and {ROBUST_METHODS}")
+    holders = [int(h) for h in args.min_holders.split(",") if h]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     base = load_overrides(args.config, [])
     out, summary_dir = args.out.resolve(), args.summary_dir.resolve()
     rows = _load_rows(summary_dir)
-    todo = [c for c in cells(attacks, defences) if f"{c[0]}/{c[1]}" not in rows]
+    todo = [c for c in cells(attacks, defences, holders, seeds) if key(*c) not in rows]
     ok = _run_all(todo, base, out, summary_dir, rows, args.num_supernodes) if todo else True
-    print("\n" + format_table(rows, attacks, defences))
+    print("\n" + format_table(rows, attacks, defences, holders))
     return 0 if ok else 1
 
 
 def _run_all(
-    todo: list[tuple[str, str]],
+    todo: list[Cell],
     base: dict[str, Any],
     out: Path,
     summary_dir: Path,
@@ -66,28 +83,55 @@ def _run_all(
     num_supernodes: int,
 ) -> bool:
     with SimulationSuperLink(num_supernodes) as superlink:
-        for done, (attack, defence) in enumerate(todo, 1):
-            name = f"{attack}/{defence}"
-            print(f"\n=== [{done}/{len(todo)}] attack={attack} defence={defence}", flush=True)
-            results = out / attack / defence
-            overrides = {**base, "attack": attack, "robust-aggregation": defence, "results-dir": str(results)}
+        for done, (attack, defence, holders, seed) in enumerate(todo, 1):
+            name = key(attack, defence, holders, seed)
+            print(f"\n=== [{done}/{len(todo)}] attack={attack} defence={defence} min-holders={holders} seed={seed}")
+            results = out / attack / defence / f"h{holders}" / f"s{seed}"
+            overrides = {
+                **base,
+                "attack": attack,
+                "robust-aggregation": defence,
+                "min-holders": holders,
+                "seed": seed,
+                "results-dir": str(results),
+            }
             if attack == "none":
                 overrides["attack-clients"] = ""
             outcome = superlink.run(APP_DIR, overrides, echo=False)
             if not outcome.ok:
                 print(f"run {name} failed (status {outcome.status}):\n{outcome.log[-2000:]}", file=sys.stderr)
                 return False
-            rows[name] = {"attack": attack, "defence": defence, **summarise("flexmoe", results, outcome.seconds)}
+            summary = summarise("flexmoe", results, outcome.seconds)
+            rows[name] = {"attack": attack, "defence": defence, "min-holders": holders, "seed": seed, **summary}
             _write(summary_dir, rows)
             print(f"    accuracy {rows[name]['accuracy']:.4f} in {outcome.seconds:.0f}s", flush=True)
     return True
 
 
-def format_table(rows: dict[str, dict[str, Any]], attacks: list[str], defences: list[str]) -> str:
-    """Final accuracy, one row per attack, one column per defence."""
-    header = ["attack \\ defence", *defences]
+def cell_accuracies(rows: dict[str, dict[str, Any]], attack: str, defence: str, holders: int) -> list[float]:
+    """The final accuracies of one cell's runs (one per seed done)."""
+    return [
+        float(r["accuracy"])
+        for r in rows.values()
+        if (r["attack"], r["defence"], int(r["min-holders"])) == (attack, defence, holders)
+    ]
+
+
+def format_cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.3f}+-{std:.3f} ({len(values)})"
+
+
+def format_table(
+    rows: dict[str, dict[str, Any]], attacks: list[str], defences: list[str], holders: list[int] | None = None
+) -> str:
+    """Final accuracy, mean +- std over seeds (runs), one row per attack, one column per defence x h."""
+    columns = [(d, h) for h in (holders or [1]) for d in defences]
+    header = ["attack \\ defence", *(f"{d} h={h}" for d, h in columns)]
     body = [
-        [attack, *(f"{rows[f'{attack}/{d}']['accuracy']:.4f}" if f"{attack}/{d}" in rows else "-" for d in defences)]
+        [attack, *(format_cell(cell_accuracies(rows, attack, d, h)) for d, h in columns)]
         for attack in ["none", *attacks]
     ]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
@@ -98,7 +142,8 @@ def format_table(rows: dict[str, dict[str, Any]], attacks: list[str], defences: 
 def _load_rows(out: Path) -> dict[str, dict[str, Any]]:
     path = out / "summary.json"
     rows = json.loads(path.read_text()) if path.is_file() else []
-    return {f"{r['attack']}/{r['defence']}": r for r in rows}
+    rows = [{"attack": r["attack"], "defence": r["defence"], **LEGACY, **r} for r in rows]
+    return {key(r["attack"], r["defence"], int(r["min-holders"]), int(r["seed"])): r for r in rows}
 
 
 def _write(out: Path, rows: dict[str, dict[str, Any]]) -> None:

@@ -400,6 +400,7 @@ def assign(
     deficit: Any = None,
     deficit_weight: float = 0.0,
     solver: str = "auto",
+    min_holders: int = 1,
 ) -> np.ndarray:
     """Return the (N, E) 0/1 assignment of experts to this round's clients.
 
@@ -415,6 +416,8 @@ def assign(
         solver: ``cvxpy`` (LP via cvxpy + integrality repair), ``fast``
             (flexmoe_core.transport), or ``auto`` (fast above FAST_SOLVER_THRESHOLD
             variables when that module is present, cvxpy otherwise).
+        min_holders: h; with h > 1 every expert ``flexmoe`` trains this round gets >= h holders, and
+            one that cannot is left untrained (flexmoe_core.redundancy, a MIP). 1: the plain LP.
 
     Raises:
         ValueError: bad input, checked before any solving.
@@ -430,6 +433,10 @@ def assign(
     generator = np.random.default_rng(rng)
 
     if method == "flexmoe":
+        if int(min_holders) > 1 and int(min_holders) > load_bounds(capacity_vector, num_experts, slack)[0]:
+            from flexmoe_core.redundancy import assign_min_holders
+
+            return assign_min_holders(weights, capacity_vector, int(min_holders), slack)
         return _assign_flexmoe(weights, capacity_vector, slack, solver)
     if method == "greedy":
         return _assign_greedy(score_matrix, capacity_vector, generator)

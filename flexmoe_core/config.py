@@ -17,7 +17,7 @@ from typing import Any
 # Each choice tuple is declared once, by the module that implements the choices.
 from flexmoe_core.assignment import METHODS as ASSIGNMENT_METHODS
 from flexmoe_core.assignment import SOLVERS
-from flexmoe_core.centered_clip import DIRECTION_ACTIONS
+from flexmoe_core.centered_clip import DIRECTION_ACTIONS, DIRECTION_REFERENCES
 
 # The one source of dataset shapes (constants only: importing it loads no data).
 from flexmoe_core.data import SPECS
@@ -95,6 +95,7 @@ class Settings:
     clip_momentum: float = 0.0
     direction_threshold: float = 0.0
     direction_action: str = "drop"
+    direction_reference: str = "round"
     # Redundancy (flexmoe_core.redundancy): every expert trained in a round has >= min-holders holders.
     min_holders: int = 1
     max_declared_examples: int = 1_000_000
@@ -174,6 +175,7 @@ class Settings:
         check.between("clip-momentum", self.clip_momentum, 0.0, 0.999999, "0 <= clip-momentum < 1")
         check.between("direction-threshold", self.direction_threshold, -1.0, 1.0, "a cosine in [-1, 1] (-1 = off)")
         check.choice("direction-action", self.direction_action, DIRECTION_ACTIONS)
+        check.choice("direction-reference", self.direction_reference, DIRECTION_REFERENCES)
         check.at_least("min-holders", self.min_holders, 1)
         if self.min_holders > 1 and self.assignment != "flexmoe":
             out.append(f"min-holders > 1 needs assignment = 'flexmoe', got {self.assignment!r} (use min-holders = 1)")

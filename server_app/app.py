@@ -78,7 +78,7 @@ class FederatedRun:
         self.tracker.log_round(row)
         log.info(
             "[round %d/%d] accuracy %.4f (p10 %.4f) | load CV %.3f (cumulative %.3f), routed CV %.3f"
-            " | clients %d/%d ok | solve %.3fs, round %.1fs, elapsed %.0fs",
+            " | clients %d/%d ok | solve %.3fs, round %.1fs, elapsed %.0fs%s",
             server_round,
             s.num_server_rounds,
             row.get("accuracy", float("nan")),
@@ -91,6 +91,7 @@ class FederatedRun:
             row["solve-seconds"],
             row["round-seconds"],
             time.perf_counter() - started,
+            " | NO UPDATE ACCEPTED: global model kept" if row.get("no-update-accepted") else "",
         )
 
     def _round(self, server_round: int) -> dict[str, Any]:

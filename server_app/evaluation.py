@@ -43,7 +43,10 @@ def targets(
     (as if it were the round's participants; nothing is learned from it) and its latest gate.
     """
     if not settings.eval_cohort:
-        return [(node, plan.held(node)) for node in plan.completed]
+        # A round that accepted no update still evaluates the global model it keeps, on the
+        # participants that answered, so a collapse under attack shows as a number, not a gap.
+        evaluated = plan.completed or plan.replied
+        return [(node, plan.held(node)) for node in evaluated]
     by_id = {info.client_id: node for node, info in nodes.items()}
     members = [by_id[c] for c in cohort if c in by_id]
     x = decide([nodes[n] for n in members], server_round, EVAL_ASSIGNMENT_STREAM)

@@ -33,6 +33,7 @@ class RoundPlan:
     traffic: Traffic
     decision: dict[str, Any] = field(default_factory=dict)  # the inputs of the assignment
     completed: list[int] = field(default_factory=list)
+    replied: list[int] = field(default_factory=list)  # nodes that answered the training request at all
     evaluated: list[str] = field(default_factory=list)  # client ids sent an evaluation
     metrics: dict[str, Any] = field(default_factory=dict)
     rows: dict[int, int] = field(init=False)
@@ -76,6 +77,8 @@ def decide(
     scores = fitness.scores(ids)
     deficit = loads.deficit
     decision = {"capacity": capacity.tolist(), "fitness": scores.tolist(), "deficit": deficit.tolist()}
+    if s.min_holders > 1:
+        decision["min-holders"] = s.min_holders
     if s.assignment == "static":
         return static_rows(everyone, ids, s.num_experts), decision
     # Only FLEX-MoE reads the deficit; the baselines are the textbook rules (see assignment.py).
@@ -89,6 +92,7 @@ def decide(
         deficit=deficit if uses_deficit else None,
         deficit_weight=s.deficit_weight if uses_deficit else 0.0,
         solver=s.solver,
+        min_holders=s.min_holders,
     )
     return x, decision
 

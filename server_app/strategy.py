@@ -165,6 +165,9 @@ class FlexMoEStrategy(Strategy):
         training.learn(self.fitness, self.loads, plan, outcome, self.nodes)
         self.state.round = server_round
         plan.metrics = training.round_metrics(plan, outcome, self.num_experts)
+        plan.metrics["no-update-accepted"] = int(not plan.completed)
+        if not plan.completed:
+            log.warning("round %d: no update accepted: the global model is kept (and evaluated)", server_round)
         return plan.metrics
 
     def configure_evaluate(

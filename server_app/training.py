@@ -49,6 +49,7 @@ def collect(
             log.warning("round %d: ignoring an unexpected or repeated reply from node %d", server_round, node)
             continue
         seen.add(node)
+        plan.replied.append(node)
         plan.traffic.up["train"] += message_bytes(reply)
         if reply.has_error():
             outcome.failed += 1
@@ -93,6 +94,7 @@ def aggregate(
             momentum=s.clip_momentum,
             direction_threshold=s.direction_threshold,
             direction_action=s.direction_action,
+            direction_reference=s.direction_reference,
             labels=[plan.clients[plan.row(n)].client_id for n in plan.completed],
         )
         for flag in done.flags:

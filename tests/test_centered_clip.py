@@ -67,12 +67,19 @@ def test_tau_from_the_pooled_median_distance_when_not_set():
 
 
 def test_the_reference_centres_the_next_round_and_the_direction_check_drops_the_flipped_update():
-    first = centered_clip(GLOBAL, [update(HONEST), update(HONEST)], E, tau=10.0)
+    first = centered_clip(GLOBAL, [update(HONEST), update(HONEST)], E, tau=10.0, direction_reference="history")
     np.testing.assert_allclose(first.references["experts.0.w"], HONEST)  # last accepted update
     assert first.flags == []  # no reference yet: nothing to compare with
     labels = ["honest-a", "honest-b", "attacker"]
     second = centered_clip(
-        GLOBAL, honest_and_flipped(), E, first.references, tau=10.0, direction_threshold=0.0, labels=labels
+        GLOBAL,
+        honest_and_flipped(),
+        E,
+        first.references,
+        tau=10.0,
+        direction_threshold=0.0,
+        direction_reference="history",
+        labels=labels,
     )
     dropped = {(f.client, f.group) for f in second.flags}
     assert dropped == {("attacker", "extractor"), ("attacker", "expert-0")}
@@ -82,14 +89,30 @@ def test_the_reference_centres_the_next_round_and_the_direction_check_drops_the_
     # down-weight instead of drop: weight x (1 + cos) / (1 + threshold) = 0 at cos = -1, partial above
     half = [update(HONEST), update(np.array([-2.0, 1.0, 0.0]))]  # cosine 0 to HONEST
     soft = centered_clip(
-        GLOBAL, half, E, first.references, tau=10.0, direction_threshold=0.5, direction_action="down-weight"
+        GLOBAL,
+        half,
+        E,
+        first.references,
+        tau=10.0,
+        direction_threshold=0.5,
+        direction_action="down-weight",
+        direction_reference="history",
     )
     assert [f.factor for f in soft.flags] == pytest.approx([1 / 1.5, 1 / 1.5])  # extractor and expert 0
 
 
+def test_the_round_direction_drops_a_flipped_update_from_the_first_round_on():
+    updates = [update(HONEST), update(HONEST * 1.1), update(HONEST * 0.9), update(-10 * HONEST)]
+    labels = ["a", "b", "c", "attacker"]
+    out = centered_clip(GLOBAL, updates, E, tau=1.0, direction_threshold=0.0, labels=labels)  # no history yet
+    assert {(f.client, f.group) for f in out.flags} == {("attacker", "extractor"), ("attacker", "expert-0")}
+    np.testing.assert_allclose(out.state["experts.0.w"], HONEST / 3, rtol=1e-6)  # mean of the clipped honest
+
+
 def test_momentum_and_a_fully_dropped_group_keeps_weights_and_reference():
     refs = {"experts.0.w": HONEST.copy()}
-    out = centered_clip(GLOBAL, [update(-HONEST, experts=(0,))], E, refs, tau=10.0, direction_threshold=0.0)
+    alone = [update(-HONEST, experts=(0,))]
+    out = centered_clip(GLOBAL, alone, E, refs, tau=10.0, direction_threshold=0.0, direction_reference="history")
     np.testing.assert_array_equal(out.state["experts.0.w"], GLOBAL["experts.0.w"])
     np.testing.assert_array_equal(out.references["experts.0.w"], HONEST)
     np.testing.assert_array_equal(refs["experts.0.w"], HONEST)  # the input is never modified

@@ -103,7 +103,11 @@ def test_round_where_every_client_fails_leaves_the_model_unchanged(fake_grid):
         np.testing.assert_array_equal(value, GLOBAL[key])
     assert metrics["num-failed"] == 4
     np.testing.assert_array_equal(strategy.loads.deficit, np.zeros(E))
-    assert strategy.configure_evaluate(1, arrays, ConfigRecord(), grid) == []
+    assert metrics["no-update-accepted"] == 1
+    # The kept model is still evaluated, on the participants that answered (issue #24: an attack
+    # table shows a collapse as a number, not a missing accuracy).
+    evaluated = strategy.configure_evaluate(1, arrays, ConfigRecord(), grid)
+    assert sorted(m.metadata.dst_node_id for m in evaluated) == sorted(SPECS)
 
 
 def test_too_few_nodes_stops_with_a_clear_error_after_the_timeout(fake_grid):
