@@ -3,7 +3,8 @@
 The server sends the shared extractor plus only the experts this client holds this
 round; the client builds a model with exactly those experts, restores its personal
 gate, trains, and returns exactly the keys it was sent, plus per-expert feedback
-(usage, accuracy, loss) as fixed-length lists of length num-experts.
+(usage, accuracy, loss) as fixed-length lists of length num-experts, and the label histogram of
+each expert's top-1 samples (num-experts x num-classes).
 """
 
 from __future__ import annotations
@@ -35,9 +36,17 @@ GATES_KEPT = 3  # on-disk gate snapshots kept, so a server resumed a round or tw
 
 @app.query(P.DESCRIBE)
 def describe(msg: Message, context: Context) -> Message:
-    """Tell the server who we are (stable client id), how many experts we hold and our data size."""
-    settings, node = load_settings(context)
-    train_set, _ = local_data(settings, node)
+    """Tell the server who we are (stable client id), how many experts we hold and our data size.
+
+    A client that cannot start (bad settings or node config, no data) answers with its error, once:
+    the server then stops before round 1 with it, instead of asking again until node-wait-timeout.
+    """
+    try:
+        settings, node = load_settings(context)
+        train_set, _ = local_data(settings, node)
+    except (OSError, ValueError, RuntimeError) as err:  # SettingsError is a ValueError
+        error = ConfigRecord({P.SETUP_ERROR: f"{type(err).__name__}: {err}"})
+        return Message(RecordDict({P.CONFIG: error}), reply_to=msg)
     info = ConfigRecord({P.CLIENT_ID: node.client_id, P.CAPACITY: node.capacity, P.NUM_EXAMPLES: len(train_set)})
     return Message(RecordDict({P.CONFIG: info}), reply_to=msg)
 
@@ -73,6 +82,8 @@ def train(msg: Message, context: Context) -> Message:
             P.EXPERT_LOSS: [float(v) for v in feedback.loss],
         }
     )
+    if feedback.class_counts is not None:  # E x C floats: what each expert's top-1 samples were
+        metrics[P.EXPERT_CLASS_COUNTS] = [float(v) for v in feedback.class_counts.ravel()]
     trained = model.shared_state_dict()
     if attacking:  # research setting `attack`: poisoned, yet finite and well-formed
         sent = _arrays(msg)

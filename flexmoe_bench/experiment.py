@@ -18,6 +18,7 @@ from typing import Any
 
 import tomllib
 
+from flexmoe_bench import machine
 from flexmoe_bench.launcher import SimulationSuperLink
 from flexmoe_core.config import ASSIGNMENT_METHODS, Settings
 from flexmoe_core.files import atomic_write_bytes, atomic_write_json
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 1
             rows.append(summarise(method, out / method, outcome.seconds))
-    write_summary(out, rows, methods)
+    cpus = superlink.federation_config["client-resources-num-cpus"]
+    write_summary(out, rows, methods, machine.describe(client_cpus=cpus))
     print("\n" + format_table(rows))
     print(f"\nresults: {out}/summary.json, summary.csv, comparison.png and one folder per method")
     return 0
@@ -135,8 +137,11 @@ def summarise(method: str, results_dir: Path, wall_seconds: float) -> dict[str, 
     }
 
 
-def write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
-    """`summary.json` and `summary.csv` (one row per run) in `out`, each written atomically."""
+def write_rows(out: Path, rows: list[dict[str, Any]], platform: dict[str, Any] | None = None) -> None:
+    """`summary.json` and `summary.csv` (one row per run) in `out`, each written atomically; every row
+    also says where it ran (`platform-*` columns: CPU model, cores, torch threads, library versions)."""
+    where = machine.columns(platform or machine.describe())
+    rows = [{**row, **where} for row in rows]
     atomic_write_json(out / "summary.json", rows)
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
@@ -145,10 +150,12 @@ def write_rows(out: Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_bytes(out / "summary.csv", buffer.getvalue().encode())
 
 
-def write_summary(out: Path, rows: list[dict[str, Any]], methods: list[str]) -> None:
+def write_summary(
+    out: Path, rows: list[dict[str, Any]], methods: list[str], platform: dict[str, Any] | None = None
+) -> None:
     from flexmoe_core.plots import comparison_plot
 
-    write_rows(out, rows)
+    write_rows(out, rows, platform)
     runs = {m: json.loads((out / m / "metrics.json").read_text()) for m in methods}
     comparison_plot(out / "comparison.png", runs)
 

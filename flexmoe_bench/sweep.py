@@ -9,14 +9,22 @@ main job, all through one SuperLink this process owns (its processes end with it
 interrupted sweep resumes where it stopped, also on another machine from the committed
 summaries; a failed run is retried once and, if it fails again, reported and listed in
 `failures.json`, never dropped silently. Then `python -m flexmoe_bench.report` writes the report.
+
+Every summary records the platform it ran on (flexmoe_bench.machine). `--verify N` re-runs N
+summarised cells, drawn with a seeded RNG, into a temporary folder (the committed summaries are
+never touched) and reports, per cell, whether the per-round curves are bit-for-bit equal to the
+committed ones (same platform, or none recorded: "unknown platform") or how far each curve moved
+(another platform), in a JSON report.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import random
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from importlib.metadata import version
@@ -25,6 +33,7 @@ from typing import Any
 
 import tomllib
 
+from flexmoe_bench import machine
 from flexmoe_bench.experiment import APP_DIR, _defaults, summarise
 from flexmoe_bench.launcher import RunOutcome, SimulationSuperLink
 from flexmoe_bench.study import Cell, expand, holding_counts, select
@@ -44,7 +53,16 @@ CURVES = (
     "routed-load-cv",
     "bytes-total-per-client",
     "round-seconds",
+    # The mechanism (server_app.app / server_app.training): samples each expert has trained on so far,
+    # experts held by nobody for 3+ rounds, and the mean entropy (bits) of the experts' class mixes.
+    "cumulative-routed-load",
+    "cumulative-routed-load-cv",
+    "starved-experts",
+    "class-entropy-mean",
 )
+# Wall-clock curves: never equal between two runs, so `--verify` leaves them out.
+TIMING_CURVES = ("round-seconds",)
+CLIENT_CPUS = 1  # what SimulationSuperLink gives each simulated client (its default)
 
 
 def validate(cells: list[Cell], results_root: Path) -> None:
@@ -68,9 +86,16 @@ def summary_status(cell: Cell, summaries: Path) -> str:
     return "done" if json.loads(path.read_text()).get("run-config") == cell.overrides else "stale"
 
 
-def run_summary(cell: Cell, results_dir: Path, outcome: RunOutcome) -> dict[str, Any]:
-    """What the report needs from one run: its definition, final figures, per-round curves and
-    how often each client held each expert (for the heatmaps)."""
+def curves(rounds: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The per-round curves a summary keeps, from a run's metrics.json rows."""
+    return {key: [r.get(key) for r in rounds] for key in CURVES}
+
+
+def run_summary(
+    cell: Cell, results_dir: Path, outcome: RunOutcome, platform: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What the report needs from one run: its definition, final figures, per-round curves,
+    how often each client held each expert (for the heatmaps) and where it ran."""
     rounds = json.loads((results_dir / "metrics.json").read_text())
     records = json.loads((results_dir / "assignments.json").read_text())
     return {
@@ -82,12 +107,98 @@ def run_summary(cell: Cell, results_dir: Path, outcome: RunOutcome) -> dict[str,
         "num-supernodes": cell.num_supernodes,
         "run-config": cell.overrides,
         "summary": summarise(cell.method, results_dir, outcome.seconds),
-        "curves": {key: [r.get(key) for r in rounds] for key in CURVES},
+        "curves": curves(rounds),
         "holding": holding_counts(records, int(cell.overrides.get("num-experts", 8))),
         "wall-seconds": outcome.seconds,
         "commit": _commit(),
         "flwr": version("flwr"),
+        "platform": platform or machine.describe(client_cpus=CLIENT_CPUS),
     }
+
+
+# ------------------------------------------------------------------ verify
+
+
+def pick_for_verify(cells: list[Cell], summaries: Path, count: int, seed: int) -> list[Cell]:
+    """`count` of the cells that have a current summary, drawn by a RNG seeded with `seed`."""
+    done = [c for c in cells if summary_status(c, summaries) == "done"]
+    if count > len(done):
+        raise SystemExit(f"--verify {count}: only {len(done)} of the selected cells have a summary")
+    return random.Random(seed).sample(done, count)
+
+
+def compare_curves(committed: dict[str, Any], rerun: dict[str, list[Any]], platform: dict[str, Any]) -> dict[str, Any]:
+    """One cell's verdict: exact equality of every non-timing curve both have, where the committed
+    summary ran on this platform (or recorded none); else the max absolute difference per curve."""
+    recorded = committed.get("platform")
+    same = recorded is None or recorded == platform
+    old = committed.get("curves", {})
+    keys = [k for k in CURVES if k not in TIMING_CURVES and k in old and k in rerun]
+    unequal = [k for k in keys if old[k] != rerun[k]]
+    differences = {k: _max_abs_difference(old[k], rerun[k]) for k in keys}
+    return {
+        "platform": "unknown platform" if recorded is None else ("same platform" if same else "other platform"),
+        "committed-platform": recorded,
+        "compared": keys,
+        "equal": not unequal if same else None,
+        "unequal": unequal,
+        "max-abs-difference": differences,
+    }
+
+
+def _max_abs_difference(a: list[Any], b: list[Any]) -> float | None:
+    """Largest |a - b| over the rounds both have (vectors flattened); None if lengths or gaps differ."""
+    if len(a) != len(b):
+        return None
+    try:
+        x = [float(v) for item in a for v in (item if isinstance(item, list) else [item])]
+        y = [float(v) for item in b for v in (item if isinstance(item, list) else [item])]
+    except TypeError:  # a None (missing round) on one side only
+        return None if a != b else 0.0
+    if len(x) != len(y):
+        return None
+    gaps = [abs(p - q) for p, q in zip(x, y) if not (p != p and q != q)]  # nan == nan here
+    return max(gaps, default=0.0)
+
+
+def verify(
+    chosen: list[Cell],
+    summaries: Path,
+    run: Callable[[Cell, Path], RunOutcome],
+    report_path: Path,
+    platform: dict[str, Any],
+) -> dict[str, Any]:
+    """Re-run `chosen` into a temporary folder through `run(cell, results_dir)`, compare each with its
+    committed summary, write the JSON report and return it. Nothing under `summaries` is written."""
+    cells: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="flexmoe-verify-") as scratch:
+        for cell in chosen:
+            committed = json.loads((summaries / f"{cell.id}.json").read_text())
+            results_dir = Path(scratch) / cell.id
+            outcome = run(cell, results_dir)
+            if not outcome.ok:
+                cells.append({"cell": cell.id, "status": outcome.status, "equal": None})
+                continue
+            rerun = curves(json.loads((results_dir / "metrics.json").read_text()))
+            cells.append({"cell": cell.id, "status": outcome.status, **compare_curves(committed, rerun, platform)})
+    report = {"platform": platform, "cells": cells}
+    atomic_write_json(report_path, report)
+    return report
+
+
+def verify_line(entry: dict[str, Any]) -> str:
+    """One printed line per verified cell."""
+    if "compared" not in entry:
+        return f"{entry['cell']}: re-run did not complete ({entry['status']})"
+    where = entry["platform"]
+    if entry["equal"] is None:
+        gaps = entry["max-abs-difference"].items()
+        moved = ", ".join(f"{k} {v:.3g}" if v is not None else f"{k} n/a" for k, v in gaps)
+        return f"{entry['cell']}: {where}, max abs difference per curve: {moved}"
+    if entry["equal"]:
+        return f"{entry['cell']}: {where}, all {len(entry['compared'])} curves equal bit for bit"
+    moved = ", ".join(f"{k} {entry['max-abs-difference'][k]}" for k in entry["unequal"])
+    return f"{entry['cell']}: {where}, curves DIFFER: {moved}"
 
 
 def run_cells(
@@ -157,6 +268,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "it changes no result, so summaries stay valid",
     )
     parser.add_argument("--list", action="store_true", help="print the cells and whether each is done, then exit")
+    parser.add_argument(
+        "--verify",
+        type=int,
+        default=0,
+        metavar="N",
+        help="re-run N summarised cells (of those --only selects), drawn by --verify-seed, into a temporary "
+        "folder and compare their curves with the committed summaries; never writes --summaries",
+    )
+    parser.add_argument("--verify-seed", type=int, default=0, help="seed of the draw of --verify (default 0)")
+    parser.add_argument(
+        "--verify-report",
+        type=Path,
+        default=APP_DIR / "results" / "verify.json",
+        help="where --verify writes its JSON report",
+    )
     return parser.parse_args(argv)
 
 
@@ -174,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         for cell in cells:
             print(f"{status[cell.id]:5s} {cell.id}")
         return 0
+    if args.verify:
+        return _verify_main(args, cells, summaries)
     todo = [c for c in cells if args.force or status[c.id] != "done"]
     stale = sum(1 for c in cells if status[c.id] == "stale")
     print(
@@ -207,6 +335,23 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(f"all {len(todo)} run(s) summarised in {summaries}; next: python -m flexmoe_bench.report")
     return 0
+
+
+def _verify_main(args: argparse.Namespace, cells: list[Cell], summaries: Path) -> int:
+    chosen = pick_for_verify(cells, summaries, args.verify, args.verify_seed)
+    platform = machine.describe(client_cpus=CLIENT_CPUS)
+    print(f"verifying {len(chosen)} cell(s): {', '.join(c.id for c in chosen)}", flush=True)
+    with SimulationSuperLink(chosen[0].num_supernodes) as superlink:
+
+        def run(cell: Cell, results_dir: Path) -> RunOutcome:
+            superlink.federation_config["num-supernodes"] = cell.num_supernodes
+            return superlink.run(APP_DIR, {**cell.overrides, "results-dir": str(results_dir)}, echo=False)
+
+        report = verify(chosen, summaries, run, args.verify_report.resolve(), platform)
+    for entry in report["cells"]:
+        print(verify_line(entry))
+    print(f"report: {args.verify_report}")
+    return 0 if all(e.get("equal") is not False and "compared" in e for e in report["cells"]) else 1
 
 
 def _hms(seconds: float) -> str:

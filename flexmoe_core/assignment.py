@@ -29,9 +29,11 @@ states the exact condition for arbitrary bounds.
 Baselines share the entry point :func:`assign` so that experiments swap only the rule:
 ``greedy`` (per-client top-k_c by Q alone, random tie-break: the personalisation-only
 rule), ``random`` (uniform k_c-subset), ``static`` (fixed balanced round-robin) and
-``dense`` (every client holds every expert). The deficit term is part of the FLEX-MoE
-objective only; no baseline reads it, so a baseline is the textbook rule and not a
-variant that borrows the method's balancing.
+``dense`` (every client holds every expert), and the balancing baselines of
+:mod:`flexmoe_core.balancing`: ``bias-greedy`` (top-k of Q plus a per-expert bias stepped
+towards equal load, DeepSeek-V3) and ``sinkhorn`` (top-k of Sinkhorn-balanced scores).
+The deficit term is part of the FLEX-MoE objective only; no baseline reads it, so a baseline
+is the textbook rule and not a variant that borrows the method's balancing.
 """
 
 from __future__ import annotations
@@ -44,10 +46,11 @@ from typing import Any
 
 import numpy as np
 
-from flexmoe_core import checks
+from flexmoe_core import balancing, checks
 from flexmoe_core.transport import solve_balanced_assignment
 
-METHODS = ("flexmoe", "greedy", "random", "static", "dense")
+# bias-greedy and sinkhorn: the balancing baselines of flexmoe_core.balancing.
+METHODS = ("flexmoe", "greedy", "random", "static", "dense", "bias-greedy", "sinkhorn")
 SOLVERS = ("auto", "cvxpy", "fast")
 
 # Above this many decision variables (N * E), solver="auto" uses the specialised exact
@@ -401,6 +404,9 @@ def assign(
     deficit_weight: float = 0.0,
     solver: str = "auto",
     min_holders: int = 1,
+    bias: Any = None,
+    sinkhorn_tau: float = 0.1,
+    sinkhorn_iterations: int = 50,
 ) -> np.ndarray:
     """Return the (N, E) 0/1 assignment of experts to this round's clients.
 
@@ -418,6 +424,8 @@ def assign(
             variables when that module is present, cvxpy otherwise).
         min_holders: h; with h > 1 every expert ``flexmoe`` trains this round gets >= h holders, and
             one that cannot is left untrained (flexmoe_core.redundancy, a MIP). 1: the plain LP.
+        bias: (E,) per-expert selection bias of ``bias-greedy`` (None means zeros).
+        sinkhorn_tau, sinkhorn_iterations: temperature and iterations of ``sinkhorn``.
 
     Raises:
         ValueError: bad input, checked before any solving.
@@ -444,6 +452,13 @@ def assign(
         return _assign_random(score_matrix.shape, capacity_vector, generator)
     if method == "static":
         return _assign_static(score_matrix.shape, capacity_vector)
+    if method == "bias-greedy":
+        b = balancing.as_bias(bias, num_experts)
+        return balancing.assign_bias_greedy(score_matrix, capacity_vector, b, generator)
+    if method == "sinkhorn":
+        return balancing.assign_sinkhorn(
+            score_matrix, capacity_vector, generator, tau=sinkhorn_tau, iterations=sinkhorn_iterations
+        )
     return np.ones(score_matrix.shape, dtype=ASSIGNMENT_DTYPE)  # dense
 
 

@@ -24,6 +24,8 @@ from flexmoe_core.data import SPECS
 from flexmoe_core.data import spec_of as dataset_shape  # noqa: F401 - re-exported for the apps
 from flexmoe_core.fitness import MODES as FITNESS_MODES
 from flexmoe_core.model import ARCHS as MODELS
+from flexmoe_core.model import EXPERT_KINDS
+from flexmoe_core.remedies import STEP_SCALES
 from flexmoe_core.robust_aggregation import ROBUST_METHODS
 from flexmoe_core.tracking import TRACKERS
 
@@ -73,6 +75,16 @@ class Settings:
     initial_fitness: float = 1.0
     load_slack: float = 0.0
     deficit_weight: float = 0.1
+    # bias-greedy's step u (flexmoe_core.balancing). Q lies in [0, 1] and a client's Q entries for
+    # different experts typically differ by 0.01-0.1 after a few rounds; at 0.01 a bias can overturn
+    # such a gap within ~1-10 rounds of persistent imbalance, i.e. inside a 20-30-round run, while one
+    # step never outweighs a clear fitness difference. (DeepSeek-V3's 0.001 is for ~10^5 steps.)
+    bias_update_rate: float = 0.01
+    # sinkhorn's temperature on Q (exp(Q / tau)) and its fixed number of row/column normalisations:
+    # tau = 0.1 turns a 0.1 fitness gap into a factor e; 50 iterations bring the column sums to the
+    # equal-load target well within 1e-3 on the study's sizes (tests/test_balancing.py).
+    sinkhorn_tau: float = 0.1
+    sinkhorn_iterations: int = 50
     fraction_train: float = 1.0
     min_train_nodes: int = 2
     node_wait_timeout: float = 120.0
@@ -105,6 +117,16 @@ class Settings:
     attack_clients: str = ""
     # Experiment tracking (flexmoe_core.tracking): "tensorboard" writes <results-dir>/tensorboard/.
     tracking: str = "none"
+    # Remedies for few holders per expert (flexmoe_core.remedies), each off by default: hidden experts
+    # before a shared classifier, a per-expert server step (FedAvgM), a proximal term on the held
+    # experts, and local adaptation at evaluation (reported as accuracy-adapted beside accuracy).
+    expert_kind: str = "head"
+    expert_server_lr: float = 1.0
+    expert_server_momentum: float = 0.0
+    expert_step_scale: str = "none"
+    prox_mu: float = 0.0
+    adapt_steps: int = 0
+    adapt_lr: float = 0.01
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> Settings:
@@ -162,6 +184,9 @@ class Settings:
         check.finite("initial-fitness", self.initial_fitness)
         check.at_least("load-slack", self.load_slack, 0.0)
         check.at_least("deficit-weight", self.deficit_weight, 0.0)
+        check.at_least("bias-update-rate", self.bias_update_rate, 0.0)
+        check.positive("sinkhorn-tau", self.sinkhorn_tau)
+        check.at_least("sinkhorn-iterations", self.sinkhorn_iterations, 1)
         check.between("fraction-train", self.fraction_train, 1e-12, 1.0, "0 < fraction-train <= 1")
         check.at_least("min-train-nodes", self.min_train_nodes, 1)
         check.positive("node-wait-timeout", self.node_wait_timeout)
@@ -185,6 +210,20 @@ class Settings:
         if self.attack != "none" and not self.attacking_clients:
             out.append(f"attack = {self.attack!r} needs attack-clients (comma-separated client ids)")
         check.choice("tracking", self.tracking, TRACKERS)
+        check.choice("expert-kind", self.expert_kind, EXPERT_KINDS)
+        if self.expert_kind == "hidden" and self.robust_aggregation != "none":
+            out.append(
+                f"expert-kind = 'hidden' is implemented with robust-aggregation = 'none' only (its shared "
+                f"classifier is not a group of the robust rules), got {self.robust_aggregation!r}"
+            )
+        check.positive("expert-server-lr", self.expert_server_lr)
+        check.between(
+            "expert-server-momentum", self.expert_server_momentum, 0.0, 0.999999, "0 <= expert-server-momentum < 1"
+        )
+        check.choice("expert-step-scale", self.expert_step_scale, STEP_SCALES)
+        check.at_least("prox-mu", self.prox_mu, 0.0)
+        check.at_least("adapt-steps", self.adapt_steps, 0)
+        check.positive("adapt-lr", self.adapt_lr)
         if not self.results_dir.strip():
             out.append("results-dir must be a non-empty path")
         return out
@@ -213,6 +252,7 @@ class Settings:
             "arch": self.model,
             "top_r": self.top_r,
             "expert_hidden": self.expert_hidden,
+            "expert_kind": self.expert_kind,
         }
 
     def capacity_for(self, partition_id: int | None) -> int:

@@ -87,3 +87,37 @@ def accuracy_summary(accuracies: Any, num_examples: Any) -> dict[str, float]:
         "p10": float(np.percentile(acc, 10, method="linear")),
         "median": float(np.median(acc)),
     }
+
+
+# ------------------------------------------------------------------ mechanism
+
+STARVED_AFTER = 3  # an expert held by no participant for this many consecutive rounds is starved
+
+
+def class_entropy(counts: Any) -> np.ndarray:
+    """(E,) entropy in bits of each expert's class mix, from an (E, C) matrix of sample counts.
+
+    H_e = -sum_y p(y|e) log2 p(y|e) with p(y|e) = counts[e, y] / sum_y counts[e, y] (0 log 0 = 0):
+    0 for an expert that saw one class only, log2(C) for an even mix of all C classes; nan for an
+    expert that saw no sample (no mix to measure).
+    """
+    matrix = np.asarray(counts, dtype=np.float64)
+    if matrix.ndim != 2 or not np.all(np.isfinite(matrix)) or np.any(matrix < 0):
+        raise ValueError(f"counts must be a finite, non-negative (E, C) matrix, got shape {matrix.shape}")
+    totals = matrix.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = matrix / totals
+        terms = np.where(p > 0, -p * np.log2(np.where(p > 0, p, 1.0)), 0.0)
+    entropy = terms.sum(axis=1)
+    entropy[totals[:, 0] == 0] = np.nan
+    return entropy
+
+
+def starvation_streaks(previous: Any, load: Any) -> np.ndarray:
+    """(E,) consecutive rounds up to now in which each expert was held by nobody: the previous
+    streak plus one where this round's load is 0, reset to 0 where anyone held it."""
+    held = _vector("load", load)
+    before = np.zeros_like(held) if previous is None else _vector("previous", previous)
+    if before.shape != held.shape:
+        raise ValueError(f"previous streaks and load must have the same length, got {before.size} and {held.size}")
+    return np.where(held > 0, 0.0, before + 1.0)

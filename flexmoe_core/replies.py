@@ -22,6 +22,7 @@ from flexmoe_core.protocol import (
     CAPACITY,
     CLIENT_ID,
     EXPERT_ACCURACY,
+    EXPERT_CLASS_COUNTS,
     EXPERT_LOSS,
     EXPERT_USAGE,
     LOSS,
@@ -47,6 +48,7 @@ class TrainFeedback:
     accuracy: np.ndarray
     loss: np.ndarray
     train_loss: float
+    class_counts: np.ndarray | None = None  # (E, C): per expert, its top-1 samples per class
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,15 @@ def validate_train_reply(
     metrics: Mapping[str, Any],
     num_experts: int,
     declared_examples: int | None = None,
+    num_classes: int | None = None,
 ) -> TrainFeedback:
     """Check a training reply against what was sent; return the parts the server uses.
 
     `declared_examples` is the training-set size the client declared when it joined: the
     example count weights its extractor update, so a client may not claim more in a reply
-    (10**9 examples would otherwise take over the extractor's average).
+    (10**9 examples would otherwise take over the extractor's average). With `num_classes`, an
+    optional `expert-class-counts` (E x C label histogram of each expert's top-1 samples) is checked
+    too; without it, or when the client sends none, the feedback has no histogram.
     """
     _check_arrays(sent, arrays)
     num_examples = _count(metrics, NUM_EXAMPLES)
@@ -86,8 +91,38 @@ def validate_train_reply(
     unheld_usage = [e for e in range(num_experts) if e not in held and usage[e] > 0]
     if unheld_usage:
         raise ReplyError(EXPERT_USAGE, f"reports usage for experts {unheld_usage} it did not hold")
+    class_counts = None
+    if num_classes is not None and EXPERT_CLASS_COUNTS in metrics:
+        class_counts = _class_counts(metrics, num_experts, num_classes, num_examples, held)
     update = ClientUpdate(state=dict(arrays), num_examples=num_examples, usage=usage)
-    return TrainFeedback(update=update, accuracy=accuracy, loss=loss, train_loss=train_loss)
+    return TrainFeedback(update=update, accuracy=accuracy, loss=loss, train_loss=train_loss, class_counts=class_counts)
+
+
+def _class_counts(
+    metrics: Mapping[str, Any], num_experts: int, num_classes: int, num_examples: int, held: list[int]
+) -> np.ndarray:
+    """The (E, C) top-1 label histogram: non-negative integer counts, only on held experts, at most
+    one top-1 expert per sample (total <= num-examples)."""
+    value = metrics.get(EXPERT_CLASS_COUNTS)
+    size = num_experts * num_classes
+    if not isinstance(value, (list, tuple)) or len(value) != size:
+        got = len(value) if isinstance(value, (list, tuple)) else type(value).__name__
+        raise ReplyError(
+            EXPERT_CLASS_COUNTS,
+            f"must be a list of num-experts x num-classes = {num_experts} x {num_classes} = {size} counts, got {got}",
+        )
+    counts = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(counts)) or np.any(counts < 0) or np.any(counts != np.rint(counts)):
+        raise ReplyError(EXPERT_CLASS_COUNTS, "counts must be finite non-negative integers")
+    counts = counts.reshape(num_experts, num_classes)
+    unheld = [e for e in range(num_experts) if e not in held and counts[e].sum() > 0]
+    if unheld:
+        raise ReplyError(EXPERT_CLASS_COUNTS, f"reports samples routed to experts {unheld} it did not hold")
+    if counts.sum() > num_examples:
+        raise ReplyError(
+            EXPERT_CLASS_COUNTS, f"counts {int(counts.sum())} top-1 samples, more than its {num_examples} examples"
+        )
+    return counts
 
 
 @dataclass(frozen=True)

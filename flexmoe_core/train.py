@@ -12,6 +12,9 @@ experts the gate selected (with top-r routing a sample is in r of these sets):
                   has its trained weights averaged in;
 * ``accuracy[e]`` accuracy of expert e's OWN logits on D[c, e];
 * ``loss[e]``     mean cross-entropy of expert e's OWN logits on D[c, e];
+* ``class_counts[e, y]`` how many samples of class y had e as their top-1 expert (the held expert
+                  with the highest gate probability): the label mix each expert specialises on,
+                  E x C counts whose total is num_examples (each sample has one top-1 expert);
 
 A held expert with empty D[c, e] reports usage 0 and accuracy = loss = 0; the server
 reads usage 0 as "held and never used" and scores it 0 (see ``FitnessTable.update``),
@@ -35,7 +38,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from flexmoe_core import checks
+from flexmoe_core import checks, remedies
 from flexmoe_core.model import MoEClassifier, Routing
 
 
@@ -46,6 +49,7 @@ class ExpertFeedback:
     usage: np.ndarray  # int64
     accuracy: np.ndarray  # float64, 0 where usage is 0
     loss: np.ndarray  # float64, 0 where usage is 0
+    class_counts: np.ndarray | None = None  # (E, C) int64, top-1 routed samples per class
 
 
 @dataclass
@@ -71,8 +75,13 @@ def train_local(
     lr: float,
     seed: int,
     device: torch.device | str = "cpu",
+    prox_mu: float = 0.0,
 ) -> TrainResult:
     """SGD (momentum 0.9) on the cross-entropy of the mixture output, in place on ``model``.
+
+    ``prox_mu`` > 0 adds the proximal term (mu / 2) ||theta_e - theta_e^0||^2 on the held experts
+    (setting `prox-mu`, flexmoe_core.remedies) to the loss that is minimised; the reported losses
+    and the feedback stay the task's cross-entropy. At 0 the term is not computed at all.
 
     Deterministic given ``seed``: the shuffling uses its own torch.Generator (the model
     has no other randomness), so the global RNG is neither used nor disturbed.
@@ -93,6 +102,9 @@ def train_local(
     generator = torch.Generator().manual_seed(int(seed))
     loader = DataLoader(dataset, batch_size=int(batch_size), shuffle=True, generator=generator)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(lr), momentum=0.9)
+    if not float(prox_mu) >= 0.0:
+        raise ValueError(f"prox_mu must be >= 0, got {prox_mu!r}")
+    anchor = remedies.expert_anchor(model) if prox_mu > 0.0 else None
 
     num_experts = model.num_experts
     for epoch in range(int(epochs)):
@@ -102,6 +114,8 @@ def train_local(
             images, labels = images.to(device), labels.to(device)
             logits, routing = model.forward_with_routing(images)
             loss = F.cross_entropy(logits, labels)
+            if anchor is not None:
+                loss = loss + remedies.proximal_term(model, anchor, prox_mu)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -145,6 +159,8 @@ class _FeedbackTotals:
         self.loss_sum = zeros(torch.float64)
         self.mixture_loss_sum = 0.0
         self.samples = 0
+        self.num_experts = num_experts
+        self.class_counts: torch.Tensor | None = None  # (E * C,), sized on the first batch
 
     @torch.no_grad()
     def add(self, mixture_logits: torch.Tensor, routing: Routing, labels: torch.Tensor) -> None:
@@ -162,6 +178,10 @@ class _FeedbackTotals:
         self.correct.index_add_(0, held_ids, (selected * own_correct).sum(dim=0))
         self.loss_sum.index_add_(0, held_ids, (selected * own_loss).sum(dim=0))
         self.mixture_loss_sum += float(F.cross_entropy(mixture_logits, labels, reduction="sum"))
+        if self.class_counts is None:
+            self.class_counts = torch.zeros(self.num_experts * classes, dtype=torch.int64, device=labels.device)
+        cell = routing.top1.to(labels.device).long() * classes + labels.long()
+        self.class_counts += torch.bincount(cell, minlength=self.num_experts * classes)
         self.samples += int(labels.shape[0])
 
     def mean_loss(self) -> float:
@@ -174,6 +194,11 @@ class _FeedbackTotals:
             usage=usage,
             accuracy=self.correct.cpu().numpy() / denominator,
             loss=self.loss_sum.cpu().numpy() / denominator,
+            class_counts=(
+                None
+                if self.class_counts is None
+                else self.class_counts.cpu().numpy().astype(np.int64).reshape(self.num_experts, -1)
+            ),
         )
 
 

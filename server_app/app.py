@@ -13,7 +13,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from flexmoe_core.config import Settings
-from flexmoe_core.metrics import coefficient_of_variation
+from flexmoe_core.metrics import STARVED_AFTER, coefficient_of_variation, starvation_streaks
 from flexmoe_core.model import build_global_state
 from flexmoe_core.results import ResultsWriter, load_checkpoint, save_checkpoint
 from flexmoe_core.tracking import make_tracker
@@ -131,6 +131,15 @@ class FederatedRun:
         total = np.sum([r["expert-load"] for r in self.rounds] + [row["expert-load"]], axis=0)
         row["cumulative-load"] = total.tolist()
         row["cumulative-load-cv"] = coefficient_of_variation(total)
+        # The mechanism: how many samples each expert has been trained on so far, and which experts
+        # no participant held for STARVED_AFTER or more consecutive rounds (a streak per expert).
+        routed = np.sum([r["routed-load"] for r in self.rounds] + [row["routed-load"]], axis=0)
+        row["cumulative-routed-load"] = routed.tolist()
+        row["cumulative-routed-load-cv"] = coefficient_of_variation(routed)
+        previous = self.rounds[-1].get("starved-streak") if self.rounds else None
+        streak = starvation_streaks(previous, row["expert-load"])
+        row["starved-streak"] = streak.tolist()
+        row["starved-experts"] = int(np.sum(streak >= STARVED_AFTER))
 
     def _persist(self, server_round: int) -> None:
         """Results first, checkpoint last: a checkpoint never points past results on disk. Plots are

@@ -66,10 +66,12 @@ def decide(
     everyone: list[ClientInfo],
     server_round: int,
     stream: str = ASSIGNMENT_STREAM,
+    bias: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """The (N, E) assignment of `clients` and the inputs it was decided from.
 
     `everyone` is every client seen so far: the `static` round-robin is laid over all of them.
+    `bias` is bias-greedy's per-expert bias (read by that method only, and then recorded).
     """
     s = settings
     ids = [c.client_id for c in clients]
@@ -79,6 +81,8 @@ def decide(
     decision = {"capacity": capacity.tolist(), "fitness": scores.tolist(), "deficit": deficit.tolist()}
     if s.min_holders > 1:
         decision["min-holders"] = s.min_holders
+    if s.assignment == "bias-greedy":
+        decision["bias"] = [float(v) for v in (np.zeros(s.num_experts) if bias is None else bias)]
     if s.assignment == "static":
         return static_rows(everyone, ids, s.num_experts), decision
     # Only FLEX-MoE reads the deficit; the baselines are the textbook rules (see assignment.py).
@@ -93,6 +97,9 @@ def decide(
         deficit_weight=s.deficit_weight if uses_deficit else 0.0,
         solver=s.solver,
         min_holders=s.min_holders,
+        bias=bias if s.assignment == "bias-greedy" else None,
+        sinkhorn_tau=s.sinkhorn_tau,
+        sinkhorn_iterations=s.sinkhorn_iterations,
     )
     return x, decision
 

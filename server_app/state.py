@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from flexmoe_core.assignment import LoadTracker
+from flexmoe_core.balancing import ExpertBias
 from flexmoe_core.config import Settings
 from flexmoe_core.fitness import FitnessTable
 from flexmoe_core.replies import ClientInfo
@@ -17,7 +18,7 @@ from flexmoe_core.replies import ClientInfo
 
 @dataclass
 class ServerState:
-    """The global model, Q, the load deficits, and who the server knows.
+    """The global model, Q, the load deficits, bias-greedy's expert bias, and who the server knows.
 
     The random streams need no state: sampling, assignment and the evaluation cohort draw from
     generators seeded by (seed, purpose, round) alone.
@@ -32,6 +33,11 @@ class ServerState:
     nodes: dict[int, ClientInfo] = field(default_factory=dict)
     # centered-clip's per-group references (flexmoe_core.centered_clip), keyed like the model; else empty.
     references: dict[str, np.ndarray] = field(default_factory=dict)
+    bias: ExpertBias | None = None  # bias-greedy's per-expert bias (zeros under every other method)
+
+    def __post_init__(self) -> None:
+        if self.bias is None:
+            self.bias = ExpertBias(self.loads.num_experts)
 
     @classmethod
     def fresh(cls, settings: Settings, global_state: Mapping[str, np.ndarray]) -> ServerState:
@@ -55,6 +61,7 @@ class ServerState:
             "cohort": list(self.cohort),
             "references": dict(self.references),
             "nodes": {str(node): asdict(info) for node, info in self.nodes.items()},
+            "bias": self.expert_bias.to_dict(),
         }
 
     @classmethod
@@ -70,4 +77,10 @@ class ServerState:
             cohort=list(state.get("cohort", [])),
             references=dict(state.get("references", {})),
             nodes={int(node): ClientInfo(**info) for node, info in state.get("nodes", {}).items()},
+            bias=ExpertBias.from_dict(state["bias"]) if "bias" in state else None,  # older checkpoints: zeros
         )
+
+    @property
+    def expert_bias(self) -> ExpertBias:
+        assert self.bias is not None  # set in __post_init__
+        return self.bias

@@ -163,6 +163,8 @@ class FlexMoEStrategy(Strategy):
             self.global_state, plan, outcome, self.settings, self.state.references, server_round
         )
         training.learn(self.fitness, self.loads, plan, outcome, self.nodes)
+        if self.settings.assignment == "bias-greedy":
+            training.learn_bias(self.state.expert_bias, plan, self.settings.bias_update_rate)
         self.state.round = server_round
         plan.metrics = training.round_metrics(plan, outcome, self.num_experts)
         plan.metrics["no-update-accepted"] = int(not plan.completed)
@@ -206,13 +208,16 @@ class FlexMoEStrategy(Strategy):
     # ------------------------------------------------------------------ assignment
     def assign(self, clients: list[ClientInfo], server_round: int) -> tuple[np.ndarray, dict[str, Any]]:
         """The round's (N, E) assignment and the inputs it was decided from."""
-        return planning.decide(
-            self.settings, self.fitness, self.loads, clients, list(self.nodes.values()), server_round
-        )
+        everyone = list(self.nodes.values())
+        bias = self.state.expert_bias.values
+        return planning.decide(self.settings, self.fitness, self.loads, clients, everyone, server_round, bias=bias)
 
     def _rule(self, clients: list[ClientInfo], server_round: int, stream: str) -> np.ndarray:
         everyone = list(self.nodes.values())
-        return planning.decide(self.settings, self.fitness, self.loads, clients, everyone, server_round, stream)[0]
+        bias = self.state.expert_bias.values
+        return planning.decide(
+            self.settings, self.fitness, self.loads, clients, everyone, server_round, stream, bias=bias
+        )[0]
 
     def assignment_record(self, server_round: int) -> dict[str, Any]:
         """The round's decision by stable client id: who held what, and the inputs it was made from

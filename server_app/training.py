@@ -17,8 +17,9 @@ from flwr.app import Message
 from flexmoe_core import metrics as M
 from flexmoe_core import protocol as P
 from flexmoe_core.assignment import LoadTracker
+from flexmoe_core.balancing import ExpertBias
 from flexmoe_core.centered_clip import centered_clip
-from flexmoe_core.config import Settings
+from flexmoe_core.config import Settings, dataset_shape
 from flexmoe_core.fitness import FitnessTable
 from flexmoe_core.replies import ClientInfo, ReplyError, TrainFeedback, validate_train_reply
 from flexmoe_core.robust_aggregation import robust_aggregate
@@ -58,7 +59,12 @@ def collect(
         try:
             arrays, metrics = _train_content(reply)
             outcome.accepted[node] = validate_train_reply(
-                plan.sent[node], arrays, metrics, settings.num_experts, declared_examples=nodes[node].num_examples
+                plan.sent[node],
+                arrays,
+                metrics,
+                settings.num_experts,
+                declared_examples=nodes[node].num_examples,
+                num_classes=dataset_shape(settings.dataset).num_classes,
             )
             plan.traffic.count_dense_extra(reply)
         except ReplyError as err:
@@ -138,6 +144,26 @@ def learn(
         loads.update(plan.assignment[rows], capacity)
 
 
+def learn_bias(bias: ExpertBias, plan: RoundPlan, rate: float) -> None:
+    """bias-greedy's step, from the load of the clients that completed the round (as the deficits)."""
+    if plan.completed:
+        bias.update(plan.assignment[[plan.row(n) for n in plan.completed]], rate)
+
+
+def specialisation(plan: RoundPlan, outcome: Outcome, num_experts: int) -> dict[str, Any]:
+    """Each expert's class mix this round: the entropy (bits) of the labels of its top-1 samples,
+    summed over the completed clients that reported a histogram; nan where an expert saw none."""
+    reported = [c for n in plan.completed if (c := outcome.accepted[n].class_counts) is not None]
+    if not reported:
+        return {"expert-class-entropy": [float("nan")] * num_experts, "class-entropy-mean": float("nan")}
+    entropy = M.class_entropy(np.sum(reported, axis=0))
+    seen = entropy[~np.isnan(entropy)]
+    return {
+        "expert-class-entropy": [float(v) for v in entropy],
+        "class-entropy-mean": float(seen.mean()) if seen.size else float("nan"),
+    }
+
+
 def round_metrics(plan: RoundPlan, outcome: Outcome, num_experts: int) -> dict[str, Any]:
     accepted = outcome.accepted
     load = M.expert_load(plan.assignment)
@@ -161,6 +187,7 @@ def round_metrics(plan: RoundPlan, outcome: Outcome, num_experts: int) -> dict[s
         "routed-load-variance": M.variance(routed),
         "routed-load-cv": M.coefficient_of_variation(routed),
         "routed-load-jain": M.jain_index(routed),
+        **specialisation(plan, outcome, num_experts),
         "solve-seconds": plan.solve_seconds,
     }
 

@@ -112,3 +112,13 @@ def test_unknown_method_is_rejected_before_any_run():
 
     with pytest.raises(SystemExit, match="--methods: unknown"):
         main(["--methods", "flexmoe,best"])
+
+
+def test_summary_rows_say_where_they_ran(tmp_path):
+    from flexmoe_bench.experiment import write_rows
+
+    platform = {"cpu": "Example CPU", "cores": 2, "torch-threads": 1, "torch": "t", "numpy": "n", "flwr": "f"}
+    write_rows(tmp_path, [{"method": "flexmoe", "accuracy": 0.5}], platform)
+    row = json.loads((tmp_path / "summary.json").read_text())[0]
+    assert row["platform-cpu"] == "Example CPU" and row["platform-cores"] == 2 and row["platform-flwr"] == "f"
+    assert "platform-cpu" in (tmp_path / "summary.csv").read_text().splitlines()[0]

@@ -128,3 +128,89 @@ def test_holding_counts_count_rounds_per_client_and_expert():
     records = [{"clients": ["b", "a"], "held": [[0, 1], [2, 3]]}, {"clients": ["a"], "held": [[0, 3]]}]
     assert holding_counts(records, 4) == {"a": [1, 0, 1, 2], "b": [1, 1, 0, 0]}
     assert json.dumps(holding_counts([], 4)) == "{}"
+
+
+# ------------------------------------------------------------------ platform and --verify
+
+PLATFORM = {"cpu": "Test CPU", "cores": 2, "torch-threads": 1, "torch": "1", "numpy": "2", "flwr": "1", "cvxpy": "1"}
+
+
+def test_the_platform_names_cpu_cores_threads_and_versions(tmp_path):
+    from flexmoe_bench import machine
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.0GHz\n")
+    assert machine.cpu_model(cpuinfo) == "Example CPU @ 2.0GHz"
+    info = machine.describe(client_cpus=1)
+    assert set(info) == {"cpu", "cores", "torch-threads", "torch", "numpy", "flwr", "cvxpy", "client-cpus"}
+    assert machine.columns({"cpu": "x"}) == {"platform-cpu": "x"}
+
+
+def fake_rerun(curve_for):
+    """A run that writes only the metrics.json the comparison reads, with the given accuracy curve."""
+
+    def run(cell, results_dir):
+        results_dir.mkdir(parents=True)
+        rows = [{"accuracy": a, "load-cv": 0.2, "round-seconds": 9.9} for a in curve_for(cell)]
+        (results_dir / "metrics.json").write_text(json.dumps(rows))
+        return outcome(True)
+
+    return run
+
+
+def test_verify_reruns_seeded_cells_elsewhere_and_compares_their_curves(tmp_path):
+    from flexmoe_bench.sweep import pick_for_verify, verify
+
+    cells = expand(tomllib.loads(STUDY))
+    summaries = tmp_path / "runs"
+    summaries.mkdir()
+    committed = {
+        "main-flexmoe-fashion-mnist-iid-s1": None,  # no platform recorded
+        "main-flexmoe-fashion-mnist-iid-s2": PLATFORM,  # this platform
+        "main-greedy-fashion-mnist-iid-s1": {**PLATFORM, "cpu": "Other CPU"},  # another one
+    }
+    for cell in cells:
+        if cell.id in committed:
+            summary = {
+                "run-config": cell.overrides,
+                "curves": {"accuracy": [0.5, 0.6], "load-cv": [0.2, 0.2], "round-seconds": [3.0, 3.0]},
+            }
+            if committed[cell.id] is not None:
+                summary["platform"] = committed[cell.id]
+            (summaries / f"{cell.id}.json").write_text(json.dumps(summary))
+    before = {p.name: p.read_text() for p in summaries.iterdir()}
+
+    chosen = pick_for_verify(cells, summaries, 3, seed=4)
+    assert sorted(c.id for c in chosen) == sorted(committed)  # only summarised cells are drawn ...
+    assert [c.id for c in pick_for_verify(cells, summaries, 2, seed=4)] == [c.id for c in chosen[:2]]  # seeded
+    with pytest.raises(SystemExit, match="only 3"):
+        pick_for_verify(cells, summaries, 4, seed=0)
+
+    drift = {"main-flexmoe-fashion-mnist-iid-s2": [0.5, 0.625]}  # same platform, one round differs
+    run = fake_rerun(lambda cell: drift.get(cell.id, [0.5, 0.6]))
+    report_path = tmp_path / "verify.json"
+    report = verify(chosen, summaries, run, report_path, PLATFORM)
+    by_cell = {e["cell"]: e for e in report["cells"]}
+    unknown = by_cell["main-flexmoe-fashion-mnist-iid-s1"]
+    assert unknown["platform"] == "unknown platform" and unknown["equal"] is True
+    assert unknown["compared"] == ["accuracy", "load-cv"]  # timing curves are never compared
+    same = by_cell["main-flexmoe-fashion-mnist-iid-s2"]
+    assert same["platform"] == "same platform" and same["equal"] is False and same["unequal"] == ["accuracy"]
+    assert same["max-abs-difference"]["accuracy"] == pytest.approx(0.025)
+    other = by_cell["main-greedy-fashion-mnist-iid-s1"]
+    assert other["platform"] == "other platform" and other["equal"] is None
+    assert other["max-abs-difference"] == {"accuracy": 0.0, "load-cv": 0.0}
+    assert json.loads(report_path.read_text()) == report
+    assert {p.name: p.read_text() for p in summaries.iterdir()} == before  # committed summaries untouched
+
+
+def test_committed_regime_grid_runs_the_balancing_baselines_in_every_regime():
+    cells = expand(tomllib.loads((APP_DIR / "conf" / "regimes.toml").read_text()))
+    validate(cells, APP_DIR / "results" / "regimes")  # every cell's settings are valid
+    groups = {c.group for c in cells}
+    for group in groups - {"base-no-history"}:
+        methods = {c.method for c in cells if c.group == group}
+        assert {"flexmoe", "greedy", "bias-greedy", "sinkhorn", "dense"} <= methods, group
+    assert {c.method for c in cells if c.group == "base"} >= {"random", "static"}
+    assert all(c.overrides["fraction-train"] * c.num_supernodes == 10 for c in cells)  # 10 per round
+    assert len(cells) == 240 and {c.seed for c in cells} == {1, 2, 3, 4, 5}
