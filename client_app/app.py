@@ -23,6 +23,7 @@ from flexmoe_core.config import NodeSettings, Settings, SettingsError, dataset_s
 from flexmoe_core.data import client_datasets
 from flexmoe_core.files import atomic_write_bytes
 from flexmoe_core.model import MoEClassifier, pick_device
+from flexmoe_core.remedies import adapt
 from flexmoe_core.seeds import derive_seed
 from flexmoe_core.train import evaluate as evaluate_model
 from flexmoe_core.train import train_local
@@ -36,9 +37,17 @@ GATES_KEPT = 3  # on-disk gate snapshots kept, so a server resumed a round or tw
 
 @app.query(P.DESCRIBE)
 def describe(msg: Message, context: Context) -> Message:
-    """Tell the server who we are (stable client id), how many experts we hold and our data size."""
-    settings, node = load_settings(context)
-    train_set, _ = local_data(settings, node)
+    """Tell the server who we are (stable client id), how many experts we hold and our data size.
+
+    A client that cannot start (bad settings or node config, no data) answers with its error, once:
+    the server then stops before round 1 with it, instead of asking again until node-wait-timeout.
+    """
+    try:
+        settings, node = load_settings(context)
+        train_set, _ = local_data(settings, node)
+    except (OSError, ValueError, RuntimeError) as err:  # SettingsError is a ValueError
+        error = ConfigRecord({P.SETUP_ERROR: f"{type(err).__name__}: {err}"})
+        return Message(RecordDict({P.CONFIG: error}), reply_to=msg)
     info = ConfigRecord({P.CLIENT_ID: node.client_id, P.CAPACITY: node.capacity, P.NUM_EXAMPLES: len(train_set)})
     return Message(RecordDict({P.CONFIG: info}), reply_to=msg)
 
@@ -62,6 +71,7 @@ def train(msg: Message, context: Context) -> Message:
         lr=settings.lr,
         seed=derive_seed(settings.seed, "data-order", node.client_id, server_round),
         device=pick_device(),
+        prox_mu=settings.prox_mu,
     )
     store_gate(context, node, model, server_round, _run_token(msg))
     feedback = result.feedback
@@ -104,11 +114,24 @@ def evaluate(msg: Message, context: Context) -> Message:
     settings, node = load_settings(context)
     server_round = _config_int(msg, P.SERVER_ROUND)
     model = build_model(msg, settings, context, node, gate_round=server_round)
-    _, test_set = local_data(settings, node)
+    train_set, test_set = local_data(settings, node)
     result = evaluate_model(model, test_set, batch_size=settings.batch_size, device=pick_device())
     metrics = MetricRecord(
         {P.NUM_EXAMPLES: int(result.num_examples), P.ACCURACY: float(result.accuracy), P.LOSS: float(result.loss)}
     )
+    if settings.adapt_steps > 0:  # remedy `adapt-steps`: a tuned copy, reported beside the un-adapted model
+        adapted = adapt(
+            model,
+            train_set,
+            steps=settings.adapt_steps,
+            lr=settings.adapt_lr,
+            batch_size=settings.batch_size,
+            seed=derive_seed(settings.seed, "adapt", node.client_id, server_round),
+            device=pick_device(),
+        )
+        tuned = evaluate_model(adapted, test_set, batch_size=settings.batch_size, device=pick_device())
+        metrics[P.ACCURACY_ADAPTED] = float(tuned.accuracy)
+        metrics[P.LOSS_ADAPTED] = float(tuned.loss)
     return Message(RecordDict({P.METRICS: metrics}), reply_to=msg)
 
 

@@ -5,6 +5,8 @@ parameter groups of the method:
 
     extractor.*      shared feature extractor psi: every client holds it, FedAvg'd by
                      example counts;
+    classifier.*     with `expert-kind = "hidden"`, the classifier after the mixture: shared,
+                     treated exactly like the extractor (protocol.is_shared);
     experts.{e}.*    expert e: only the clients assigned e hold it; averaged weighted
                      by how many samples each client routed to it (usage);
     gate.*           the client's personal gate: never leaves the client in the method,
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from flexmoe_core import checks
-from flexmoe_core.protocol import EXTRACTOR_PREFIX, GATE_PREFIX, expert_of
+from flexmoe_core.protocol import GATE_PREFIX, expert_of, is_shared
 
 State = Mapping[str, np.ndarray]
 
@@ -69,8 +71,8 @@ def _check_update(index: int, update: ClientUpdate, global_state: State, num_exp
         if key not in global_state:
             raise ValueError(f"update {index}: key {key!r} is absent from the global state")
         expert = expert_of(key)
-        if expert is None and not key.startswith(EXTRACTOR_PREFIX):
-            raise ValueError(f"update {index}: key {key!r} is neither an extractor nor an expert key")
+        if expert is None and not is_shared(key):
+            raise ValueError(f"update {index}: key {key!r} is neither a shared (extractor) nor an expert key")
         if expert is not None and expert >= num_experts:
             raise ValueError(f"update {index}: key {key!r} names expert {expert}, but num_experts is {num_experts}")
         shape = np.shape(value)
@@ -104,8 +106,8 @@ def _first_positive(*candidates: np.ndarray) -> np.ndarray | None:
 def aggregate(global_state: State, updates: Sequence[ClientUpdate], num_experts: int) -> dict[str, np.ndarray]:
     """New global state from the round's client updates.
 
-    - extractor keys: mean over the updates that contain the key, weighted by
-      num_examples;
+    - shared keys (extractor, classifier): mean over the updates that contain the key,
+      weighted by num_examples;
     - expert e keys: mean over the updates that contain the key (the clients that held
       e), weighted by usage[e]; if those usages are all 0, weighted by num_examples;
     - a key no update contains (an expert nobody held), or whose weights are all 0,
@@ -164,11 +166,7 @@ def download_keys(global_state: State, held: Iterable[int]) -> list[str]:
     missing = sorted(wanted - present)
     if missing:
         raise ValueError(f"held experts {missing} have no keys in the global state")
-    return [
-        key
-        for key in global_state
-        if ((expert := expert_of(key)) is None and key.startswith(EXTRACTOR_PREFIX)) or expert in wanted
-    ]
+    return [key for key in global_state if ((expert := expert_of(key)) is None and is_shared(key)) or expert in wanted]
 
 
 def payload_bytes(state: State) -> int:

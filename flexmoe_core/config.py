@@ -24,6 +24,8 @@ from flexmoe_core.data import SPECS
 from flexmoe_core.data import spec_of as dataset_shape  # noqa: F401 - re-exported for the apps
 from flexmoe_core.fitness import MODES as FITNESS_MODES
 from flexmoe_core.model import ARCHS as MODELS
+from flexmoe_core.model import EXPERT_KINDS
+from flexmoe_core.remedies import STEP_SCALES
 from flexmoe_core.robust_aggregation import ROBUST_METHODS
 from flexmoe_core.tracking import TRACKERS
 
@@ -115,6 +117,16 @@ class Settings:
     attack_clients: str = ""
     # Experiment tracking (flexmoe_core.tracking): "tensorboard" writes <results-dir>/tensorboard/.
     tracking: str = "none"
+    # Remedies for few holders per expert (flexmoe_core.remedies), each off by default: hidden experts
+    # before a shared classifier, a per-expert server step (FedAvgM), a proximal term on the held
+    # experts, and local adaptation at evaluation (reported as accuracy-adapted beside accuracy).
+    expert_kind: str = "head"
+    expert_server_lr: float = 1.0
+    expert_server_momentum: float = 0.0
+    expert_step_scale: str = "none"
+    prox_mu: float = 0.0
+    adapt_steps: int = 0
+    adapt_lr: float = 0.01
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> Settings:
@@ -198,6 +210,20 @@ class Settings:
         if self.attack != "none" and not self.attacking_clients:
             out.append(f"attack = {self.attack!r} needs attack-clients (comma-separated client ids)")
         check.choice("tracking", self.tracking, TRACKERS)
+        check.choice("expert-kind", self.expert_kind, EXPERT_KINDS)
+        if self.expert_kind == "hidden" and self.robust_aggregation != "none":
+            out.append(
+                f"expert-kind = 'hidden' is implemented with robust-aggregation = 'none' only (its shared "
+                f"classifier is not a group of the robust rules), got {self.robust_aggregation!r}"
+            )
+        check.positive("expert-server-lr", self.expert_server_lr)
+        check.between(
+            "expert-server-momentum", self.expert_server_momentum, 0.0, 0.999999, "0 <= expert-server-momentum < 1"
+        )
+        check.choice("expert-step-scale", self.expert_step_scale, STEP_SCALES)
+        check.at_least("prox-mu", self.prox_mu, 0.0)
+        check.at_least("adapt-steps", self.adapt_steps, 0)
+        check.positive("adapt-lr", self.adapt_lr)
         if not self.results_dir.strip():
             out.append("results-dir must be a non-empty path")
         return out
@@ -226,6 +252,7 @@ class Settings:
             "arch": self.model,
             "top_r": self.top_r,
             "expert_hidden": self.expert_hidden,
+            "expert_kind": self.expert_kind,
         }
 
     def capacity_for(self, partition_id: int | None) -> int:

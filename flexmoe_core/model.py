@@ -10,6 +10,10 @@ FLEX-MoE module agrees on):
 * ``gate.``        personal router phi_c: scores all E experts (so its shape never
                    changes when the assignment changes between rounds), but the
                    logits of experts not held are masked to -inf before the softmax.
+* ``classifier.`` only with ``expert_kind="hidden"`` (a remedy, flexmoe_core.remedies): the
+                   experts are hidden residual blocks (feature -> hidden -> feature) and this
+                   one linear classifier after the mixture is shared like the extractor, so
+                   no expert has to be a whole classifier (Switch / GShard MoE layers).
 
 Routing is top-r over the held experts (r = min(top_r, k)); see ``MoEClassifier.forward``.
 """
@@ -28,6 +32,8 @@ from flexmoe_core import checks
 from flexmoe_core.protocol import GATE_PREFIX
 
 ARCHS = ("cnn", "resnet")
+EXPERT_KINDS = ("head", "hidden")
+"""What an expert is: a whole classifier head (the method) or a hidden block before a shared classifier."""
 FEATURE_DIM = 128
 """Width of the extractor's output, the input of every expert and of the gate."""
 
@@ -128,6 +134,11 @@ def make_expert(feature_dim: int, hidden: int, num_classes: int) -> nn.Sequentia
     return nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes))
 
 
+def make_hidden_expert(feature_dim: int, hidden: int) -> nn.Sequential:
+    """One hidden expert (``expert_kind="hidden"``): feature -> hidden -> feature, a residual block's branch."""
+    return nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, feature_dim))
+
+
 # --------------------------------------------------------------------------- routing
 
 
@@ -180,6 +191,10 @@ class MoEClassifier(nn.Module):
             without it a client's initial gate would depend on how many experts it holds:
             two methods that assign different k would start the same client from
             different gates, and the comparison would change more than the rule.
+        expert_kind: "head" (the method: each expert maps features to class logits) or
+            "hidden" (each expert is a residual block feature -> feature; the mixture
+            ``h = f + sum_j w_j expert_j(f)`` goes through one shared linear ``classifier``,
+            built after the gate so a "head" model's RNG stream is unchanged).
     """
 
     _held_index: torch.Tensor  # buffers (register_buffer), typed for the checker
@@ -196,6 +211,7 @@ class MoEClassifier(nn.Module):
         top_r: int = 2,
         expert_hidden: int = 64,
         gate_seed: int | None = None,
+        expert_kind: str = "head",
     ) -> None:
         super().__init__()
         held = _validated_held(num_experts, held_experts)
@@ -207,6 +223,8 @@ class MoEClassifier(nn.Module):
             expert_hidden=expert_hidden,
         )
         checks.choice("arch", arch, ARCHS)
+        checks.choice("expert_kind", expert_kind, EXPERT_KINDS)
+        self.expert_kind = expert_kind
         self.num_experts = int(num_experts)
         self.num_classes = int(num_classes)
         self.arch = arch
@@ -214,12 +232,17 @@ class MoEClassifier(nn.Module):
         self._held = held
         extractor_class = CnnExtractor if arch == "cnn" else ResNetExtractor
         self.extractor = extractor_class(in_channels, FEATURE_DIM)
-        self.experts = nn.ModuleDict({str(e): make_expert(FEATURE_DIM, expert_hidden, num_classes) for e in held})
+        if expert_kind == "head":
+            build = lambda: make_expert(FEATURE_DIM, expert_hidden, num_classes)  # noqa: E731
+        else:
+            build = lambda: make_hidden_expert(FEATURE_DIM, expert_hidden)  # noqa: E731
+        self.experts = nn.ModuleDict({str(e): build() for e in held})
         self.gate = nn.Linear(FEATURE_DIM, num_experts)
         if gate_seed is not None:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(int(gate_seed))
                 self.gate.reset_parameters()
+        self.classifier: nn.Linear | None = nn.Linear(FEATURE_DIM, num_classes) if expert_kind == "hidden" else None
         # Buffers, not parameters, and non-persistent: they are derived from `held`
         # and must not leak into the state dict the federation exchanges.
         self.register_buffer("_held_index", torch.tensor(held, dtype=torch.long), persistent=False)
@@ -262,20 +285,29 @@ class MoEClassifier(nn.Module):
 
         All k held experts are evaluated densely: k is small on an edge client, and the
         feedback needs every held expert's own logits anyway.
+
+        With ``expert_kind="hidden"`` the experts' outputs o_j are mixed in feature space,
+        ``logits = classifier(f + sum_j w_j o_j)``, and an expert's own logits are
+        ``classifier(f + o_j)`` (what the model would say with that expert alone).
         """
         features = self.extractor(x)
         gate_logits = self.gate(features)
         masked = gate_logits.masked_fill(~self._held_mask, float("-inf"))
         gate_probs = torch.softmax(masked, dim=1)  # (B, E), exact zeros on unheld
         held_probs = gate_probs.index_select(1, self._held_index)  # (B, k)
-        expert_logits = torch.stack([self.experts[str(e)](features) for e in self._held], dim=1)
+        outputs = torch.stack([self.experts[str(e)](features) for e in self._held], dim=1)
 
         r = self.effective_top_r
         top_probs, top_pos = held_probs.topk(r, dim=1)  # (B, r)
         weights = top_probs if r == 1 else top_probs / top_probs.sum(dim=1, keepdim=True)
-        index = top_pos.unsqueeze(2).expand(-1, -1, expert_logits.shape[2])
-        chosen = expert_logits.gather(1, index)  # (B, r, C)
-        logits = (weights.unsqueeze(2) * chosen).sum(dim=1)
+        index = top_pos.unsqueeze(2).expand(-1, -1, outputs.shape[2])
+        chosen = outputs.gather(1, index)  # (B, r, C), or (B, r, FEATURE_DIM) for hidden experts
+        mixed = (weights.unsqueeze(2) * chosen).sum(dim=1)
+        if self.classifier is None:
+            expert_logits, logits = outputs, mixed
+        else:
+            expert_logits = self.classifier(features.unsqueeze(1) + outputs)
+            logits = self.classifier(features + mixed)
 
         top1 = self._held_index[held_probs.argmax(dim=1)]
         routing = Routing(

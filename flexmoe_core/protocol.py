@@ -12,10 +12,13 @@ Client -> server
                      EXPERT_ACCURACY, EXPERT_LOSS} (per-expert lists have E entries), and optionally
                      EXPERT_CLASS_COUNTS (E x C floats, row-major: per held expert, the label
                      histogram of the samples routed to it top-1; the server's specialisation metric)
-  evaluate reply:    metrics {NUM_EXAMPLES, ACCURACY, LOSS}
+  evaluate reply:    metrics {NUM_EXAMPLES, ACCURACY, LOSS}, and with `adapt-steps` > 0 also
+                     ACCURACY_ADAPTED, LOSS_ADAPTED (after a few local steps on the held experts
+                     and the gate; flexmoe_core.remedies)
 
 State keys: `extractor.*` (shared feature extractor), `experts.{e}.*` (expert e), `gate.*`
-(the client's own router, never sent).
+(the client's own router, never sent), and with `expert-kind = "hidden"` `classifier.*` (the
+classifier shared by all experts, after the mixture): shared like the extractor (`is_shared`).
 
 Gate snapshots on disk (when a client has a state dir): `gate_folder(...) / gate_file(round)`,
 written by the ClientApp, read by it on resume and by the per-device export (flexmoe_core.export).
@@ -41,6 +44,7 @@ RUN_TOKEN = "run-token"  # the run's token: clients keep gates under it, so no o
 NUM_EXPERTS = "num-experts"
 CLIENT_ID = "client-id"
 CAPACITY = "capacity"
+SETUP_ERROR = "setup-error"  # a describe reply's only key when the client could not start
 
 # Metric keys (kebab-case, Flower's convention); NUM_EXAMPLES is also a describe config key.
 NUM_EXAMPLES = "num-examples"
@@ -51,11 +55,14 @@ EXPERT_LOSS = "expert-loss"
 EXPERT_CLASS_COUNTS = "expert-class-counts"
 ACCURACY = "accuracy"
 LOSS = "loss"
+ACCURACY_ADAPTED = "accuracy-adapted"
+LOSS_ADAPTED = "loss-adapted"
 
 # State-key prefixes.
 EXTRACTOR_PREFIX = "extractor."
 EXPERTS_PREFIX = "experts."
 GATE_PREFIX = "gate."
+CLASSIFIER_PREFIX = "classifier."
 _EXPERT_KEY = re.compile(r"^experts\.(\d+)\.")
 
 
@@ -67,6 +74,12 @@ def expert_of(key: str) -> int | None:
 
 def is_extractor(key: str) -> bool:
     return key.startswith(EXTRACTOR_PREFIX)
+
+
+def is_shared(key: str) -> bool:
+    """A key every client holds and the server FedAvgs by example counts: the extractor, and the
+    shared classifier of `expert-kind = "hidden"` models."""
+    return key.startswith(EXTRACTOR_PREFIX) or key.startswith(CLASSIFIER_PREFIX)
 
 
 def is_gate(key: str) -> bool:

@@ -38,7 +38,7 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from flexmoe_core import checks
+from flexmoe_core import checks, remedies
 from flexmoe_core.model import MoEClassifier, Routing
 
 
@@ -75,8 +75,13 @@ def train_local(
     lr: float,
     seed: int,
     device: torch.device | str = "cpu",
+    prox_mu: float = 0.0,
 ) -> TrainResult:
     """SGD (momentum 0.9) on the cross-entropy of the mixture output, in place on ``model``.
+
+    ``prox_mu`` > 0 adds the proximal term (mu / 2) ||theta_e - theta_e^0||^2 on the held experts
+    (setting `prox-mu`, flexmoe_core.remedies) to the loss that is minimised; the reported losses
+    and the feedback stay the task's cross-entropy. At 0 the term is not computed at all.
 
     Deterministic given ``seed``: the shuffling uses its own torch.Generator (the model
     has no other randomness), so the global RNG is neither used nor disturbed.
@@ -97,6 +102,9 @@ def train_local(
     generator = torch.Generator().manual_seed(int(seed))
     loader = DataLoader(dataset, batch_size=int(batch_size), shuffle=True, generator=generator)
     optimizer = torch.optim.SGD(model.parameters(), lr=float(lr), momentum=0.9)
+    if not float(prox_mu) >= 0.0:
+        raise ValueError(f"prox_mu must be >= 0, got {prox_mu!r}")
+    anchor = remedies.expert_anchor(model) if prox_mu > 0.0 else None
 
     num_experts = model.num_experts
     for epoch in range(int(epochs)):
@@ -106,6 +114,8 @@ def train_local(
             images, labels = images.to(device), labels.to(device)
             logits, routing = model.forward_with_routing(images)
             loss = F.cross_entropy(logits, labels)
+            if anchor is not None:
+                loss = loss + remedies.proximal_term(model, anchor, prox_mu)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
