@@ -34,6 +34,11 @@ the direction:
              it (cosines -0.2 .. -0.4 for the sign-flipping clients' extractor updates there),
              and it exists from round 1.
 
+The extractor is the one group every participant holds, so its consensus is the one a statistic
+can trust; an expert's 2-3 holders are not (one attacker of two holders *is* half the consensus).
+A client flagged on the extractor is therefore flagged on every expert it holds that round too,
+with the same factor, besides each expert's own check.
+
 The reference after the round is ``r_g <- momentum r_g + (1 - momentum) v_g``; a group nobody
 held, or whose every update was dropped, keeps its weights and its reference. The references are
 plain float64 arrays keyed like the model (`references`), the whole state of this defence: the
@@ -130,7 +135,8 @@ def centered_clip(
 
     new_refs = dict(refs)
     out = CenteredClipResult(result, new_refs)
-    for group, (keys, holders) in groups.items():
+    suspects: dict[int, tuple[float, float]] = {}  # update -> (extractor cosine, weight factor)
+    for group, (keys, holders) in sorted(groups.items(), key=lambda item: item[0] != "extractor"):
         ref = _flat_reference(refs, keys, global_state)
         weights = _weights(updates, holders, group)
         limit = tau if tau > 0.0 else pooled[_kind(group)]
@@ -140,13 +146,19 @@ def centered_clip(
             direction = ref
         has_ref = bool(np.any(direction != 0.0)) and direction_threshold > -1.0
         for j, i in enumerate(holders):
+            if i in suspects and group != "extractor":  # flagged on the extractor: distrusted everywhere
+                weights[j] *= suspects[i][1]
+                out.flags.append(DirectionFlag(names[i], group, suspects[i][0], direction_action, suspects[i][1]))
+                continue
             if not has_ref:
-                break
+                continue
             cosine = _cosine(raw[(group, i)], direction)
             if cosine < direction_threshold:
                 factor = 0.0 if direction_action == "drop" else max(0.0, (1.0 + cosine) / (1.0 + direction_threshold))
                 weights[j] *= factor
                 out.flags.append(DirectionFlag(names[i], group, cosine, direction_action, factor))
+                if group == "extractor":
+                    suspects[i] = (cosine, factor)
         if weights.sum() <= 0.0:
             continue  # every holder dropped (or zero weight): weights and reference kept
         out.taus[group] = limit

@@ -28,6 +28,22 @@ class Discovery:
     bytes: int
 
 
+def setup_failure(broken: dict[int, str], usable: int, needed: int) -> str:
+    """One message for the clients that could not start: each distinct error once, with who reported it."""
+    by_error: dict[str, list[int]] = {}
+    for node, error in sorted(broken.items()):
+        by_error.setdefault(error, []).append(node)
+    parts = [
+        f"{len(nodes)} client(s) (node {', '.join(map(str, nodes))}) could not start:\n{error}"
+        for error, nodes in sorted(by_error.items(), key=lambda item: -len(item[1]))
+    ]
+    return (
+        f"stopping the run: {len(broken)} client(s) reported a set-up error, leaving {usable} usable "
+        f"client(s) of min-train-nodes={needed}. Fix the clients' settings or data; waiting will not help.\n"
+        + "\n".join(parts)
+    )
+
+
 class NodeRegistry:
     """The described nodes, by node id, and the ones left out because their client id is taken."""
 
@@ -35,6 +51,7 @@ class NodeRegistry:
         self.settings = settings
         self.nodes: dict[int, ClientInfo] = {}
         self.refused: dict[int, ClientInfo] = {}  # nodes whose client id another connected node holds
+        self.broken: dict[int, str] = {}  # nodes that answered with a set-up error, and the error
         self._warned: set[int] = set()
 
     def discover(self, grid: Grid) -> Discovery:
@@ -49,6 +66,9 @@ class NodeRegistry:
             ready = [n for n in connected if n in self.nodes]
             if len(ready) >= s.min_train_nodes:
                 return Discovery(ready, discovery_bytes)
+            broken = {n: self.broken[n] for n in connected if n in self.broken}
+            if broken:  # some clients cannot start and will not by waiting: stop now, saying why
+                raise RuntimeError(setup_failure(broken, len(ready), s.min_train_nodes))
             if time.monotonic() >= deadline:
                 raise RuntimeError(
                     f"only {len(ready)} usable client(s) connected after node-wait-timeout="
@@ -63,7 +83,7 @@ class NodeRegistry:
             time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
 
     def _describe_new(self, grid: Grid, connected: list[int]) -> int:
-        new = [n for n in connected if n not in self.nodes and n not in self.refused]
+        new = [n for n in connected if n not in self.nodes and n not in self.refused and n not in self.broken]
         if not new:
             return 0
         messages = [
@@ -81,6 +101,11 @@ class NodeRegistry:
             try:
                 if reply.has_error():
                     raise ReplyError("describe", reply.error.reason or "error without a reason")
+                error = reply.content.config_records[P.CONFIG].get(P.SETUP_ERROR)
+                if error is not None:
+                    self.broken[node] = str(error)
+                    log.warning("node %d could not start: %s", node, str(error).splitlines()[0])
+                    continue
                 self.refused[node] = validate_description(  # admitted by _admit
                     reply.content.config_records[P.CONFIG],
                     self.settings.num_experts,
@@ -102,6 +127,8 @@ class NodeRegistry:
             log.info("client %s left (node %d)", self.nodes.pop(node).client_id, node)
         for node in [n for n in self.refused if n not in live]:
             del self.refused[node]
+        for node in [n for n in self.broken if n not in live]:
+            del self.broken[node]  # a restarted node is asked again
         taken = {info.client_id: node for node, info in self.nodes.items()}
         for node in sorted(self.refused):
             info = self.refused[node]

@@ -160,3 +160,18 @@ def test_the_references_are_checkpointed_and_a_resumed_run_equals_an_uninterrupt
     assert arrays_full.keys() == arrays_resumed.keys()
     for key, value in arrays_full.items():
         np.testing.assert_array_equal(arrays_resumed[key], value, err_msg=key)
+
+
+def test_a_client_flagged_on_the_extractor_is_dropped_from_the_experts_it_holds():
+    # Expert 1 has two holders, an honest one and the attacker: its own consensus cannot tell them
+    # apart, but the attacker's flipped extractor update (against 3 honest ones) gives it away.
+    updates = [
+        update(HONEST, experts=(0,)),
+        update(HONEST, experts=(0,)),
+        update(HONEST, experts=(1,)),
+        update(-10 * HONEST, experts=(1,)),
+    ]
+    labels = ["a", "b", "c", "attacker"]
+    out = centered_clip(GLOBAL, updates, E, tau=1.0, direction_threshold=0.0, labels=labels)
+    assert {(f.client, f.group) for f in out.flags} == {("attacker", "extractor"), ("attacker", "expert-1")}
+    np.testing.assert_allclose(out.state["experts.1.w"], HONEST / 3, rtol=1e-6)  # only the honest holder
