@@ -19,7 +19,6 @@ from flexmoe_bench.report import (
     paired_difference,
     quote_in_readme,
     rounds_to_target,
-    verdict,
     write_report,
 )
 
@@ -38,15 +37,6 @@ def test_paired_difference_uses_only_common_seeds():
     assert n == 3
     assert mean == pytest.approx(0.2 / 3)
     assert std == pytest.approx(math.sqrt(((0.1 - 0.2 / 3) ** 2 * 2 + (0.2 / 3) ** 2) / 2))
-
-
-def test_verdict_calls_a_gap_within_the_spread_a_tie():
-    assert verdict(0.2 / 3, 0.0577, 3) == "win"
-    assert verdict(-0.05, 0.01, 3) == "loss"
-    assert verdict(0.01, 0.02, 3) == "tie"
-    assert verdict(0.02, 0.02, 3) == "tie"  # equal to the spread is not above it
-    assert verdict(0.3, math.nan, 1) == "n/a (1 seed)"
-    assert verdict(math.nan, math.nan, 0) == "n/a (no paired runs)"
 
 
 def test_rounds_to_target_is_the_first_round_reaching_it():
@@ -111,7 +101,8 @@ def test_report_from_synthetic_summaries(tmp_path):
         'vary = { dataset = ["fashion-mnist"], partition = ["dirichlet", "iid"] }\n'
     )
     varied = {"dataset": "fashion-mnist", "partition": "dirichlet"}
-    # flexmoe beats greedy by 0.10 and 0.12 on the two seeds: mean 0.11, std 0.0141 -> win.
+    # flexmoe beats greedy by 0.10 and 0.12 on the two seeds: mean 0.11, std 0.0141; t = 11 on 1 df,
+    # p = 0.058: no detectable difference (two seeds decide only much tighter gaps).
     runs = [
         summary(f"main-{method}-fashion-mnist-dirichlet-s{seed}", "main", method, seed, acc, varied)
         for method, seed, acc in [("flexmoe", 1, 0.80), ("flexmoe", 2, 0.82), ("greedy", 1, 0.70), ("greedy", 2, 0.70)]
@@ -122,13 +113,17 @@ def test_report_from_synthetic_summaries(tmp_path):
     text = report_from(tmp_path, study, [*runs, stale])
     row = next(line for line in text.splitlines() if line.startswith("| fashion-mnist | Dirichlet(0.8)"))
     assert "0.8100 ± 0.0141" in row and "0.7000 ± 0.0000" in row
-    assert "+0.1100 ± 0.0141 (n=2)" in row and "**win**" in row
+    assert "+0.1100 [-0.0171, +0.2371] (n=2)" in row and "**no detectable difference**" in row
+    assert "| 0.058 | 0.500 |" in row  # paired t (Holm over 1 row), Wilcoxon beside it
     assert "Cells done: 4 of 8 (1 summaries of other run configs ignored)" in text
     assert "0.9900" not in text
     assert "`main-flexmoe-fashion-mnist-iid-s1`" in text  # missing cells are listed
     assert (
-        "- FLEX-MoE **wins** against greedy (paired gap above the seed spread) on: fashion-mnist Dirichlet(0.8)" in text
+        "- FLEX-MoE is **better** than greedy (Holm-corrected paired t-test, p < 0.05 across the 1 settings) on: none"
+        in text
     )
+    assert "**No detectable difference** (the test does not reject" in text
+    assert "fashion-mnist Dirichlet(0.8) (+0.1100 [-0.0171, +0.2371] (n=2), MDE " in text
     assert (tmp_path / "docs" / "figures" / "accuracy_fashion-mnist.png").stat().st_size > 1000
     assert (tmp_path / "docs" / "figures" / "heatmap_fashion-mnist_dirichlet.png").is_file()
     assert "](figures/accuracy_fashion-mnist.png)" in text
@@ -178,23 +173,27 @@ def test_convergence_section_reads_the_long_curves_at_each_checkpoint(tmp_path):
     flex = next(line for line in text.splitlines() if line.startswith("| flexmoe | 0.6"))
     # round 5: (0.64 + 0.74) / 2 = 0.69, std 0.0707; round 15: 0.79; change over 10 rounds: 0.10.
     assert "0.6900 ± 0.0707" in flex and "0.7900 ± 0.0707" in flex and "0.1000 ± 0.0000" in flex
-    gap = next(line for line in text.splitlines() if line.startswith("| flexmoe − greedy (paired)"))
-    assert gap.count("+0.1500 ± 0.0707 (n=2) **win**") == 3
-    assert "the paired gap FLEX-MoE − greedy is +0.1500 ± 0.0707 (n=2): **win**" in text
+    gap = next(line for line in text.splitlines() if line.startswith("| flexmoe − greedy (paired"))
+    # gaps 0.1 and 0.2 at every checkpoint: t = 3 on 1 df, p = 0.205, Holm over 3 checkpoints -> 0.614
+    assert gap.count("+0.1500 [-0.4853, +0.7853] (n=2), p 0.614 **no detectable difference**") == 3
+    assert (
+        "the paired gap FLEX-MoE − greedy is +0.1500 [-0.4853, +0.7853] (n=2), paired t p = 0.205 (Holm 0.614)" in text
+    )
     assert (tmp_path / "docs" / "figures" / "convergence.png").stat().st_size > 1000
     duel = next(line for line in text.splitlines() if line.startswith("| 60 rounds (convergence check)"))
-    assert "0.7900 ± 0.0707 | 0.6400 ± 0.0000 | +0.1500 ± 0.0707 (n=2) | **win**" in duel  # final = round 15
+    assert "0.7900 ± 0.0707 | 0.6400 ± 0.0000 | +0.1500 [-0.4853, +0.7853] (n=2) |" in duel  # final = round 15
 
 
-def test_head_to_head_calls_a_consistent_deficit_a_loss(tmp_path):
+def test_head_to_head_calls_a_consistent_deficit_worse(tmp_path):
     study = (
         '[study]\nseeds = [1, 2, 3]\n[base]\nnum-server-rounds = 5\n[[group]]\nname = "capacity-k4"\n'
         'methods = ["flexmoe", "greedy"]\nset = { capacity = 4 }\n'
     )
     runs = []
-    # flexmoe - greedy per seed: -0.02, -0.03, -0.01 -> mean -0.02, std 0.01 -> loss.
+    # flexmoe - greedy per seed: -0.020, -0.021, -0.019 -> mean -0.02, std 0.001, t = -34.6 on 2 df,
+    # p = 0.0008 -> worse.
     for method, seed, acc in [
-        ("flexmoe", 1, 0.78), ("flexmoe", 2, 0.77), ("flexmoe", 3, 0.80),
+        ("flexmoe", 1, 0.780), ("flexmoe", 2, 0.779), ("flexmoe", 3, 0.791),
         ("greedy", 1, 0.80), ("greedy", 2, 0.80), ("greedy", 3, 0.81),
     ]:  # fmt: skip
         run = summary(f"capacity-k4-{method}-s{seed}", "capacity-k4", method, seed, acc, {})
@@ -202,8 +201,8 @@ def test_head_to_head_calls_a_consistent_deficit_a_loss(tmp_path):
         runs.append(run)
     text = report_from(tmp_path, study, runs)
     row = next(line for line in text.splitlines() if line.startswith("| k = 4 (capacity)"))
-    assert "-0.0200 ± 0.0100 (n=3) | **loss**" in row
-    assert "FLEX-MoE loses on k = 4 (capacity) (-0.0200)." in text
+    assert "-0.0200 [-0.0225, -0.0175] (n=3) | < 0.001 | 0.250 |" in row and row.endswith("| **worse** |")
+    assert "FLEX-MoE is **worse** on k = 4 (capacity) (-0.0200 [-0.0225, -0.0175] (n=3))." in text
 
 
 def test_last_rounds_mean_skips_missing_rounds():
@@ -212,7 +211,7 @@ def test_last_rounds_mean_skips_missing_rounds():
     assert math.isnan(last_rounds_mean([None, None], 2))
 
 
-def test_partial_reading_weighs_the_accuracy_gap_against_the_seed_spread(tmp_path):
+def test_partial_reading_tests_each_deficit_weight_against_weight_0(tmp_path):
     study = (
         '[study]\nseeds = [1, 2]\n[base]\nnum-server-rounds = 5\n[[group]]\nname = "partial-deficit"\n'
         'methods = ["flexmoe"]\nvary = { deficit-weight = [0.0, 0.1] }\n'
@@ -231,9 +230,15 @@ def test_partial_reading_weighs_the_accuracy_gap_against_the_seed_spread(tmp_pat
         run["summary"]["cumulative-load-cv"] = cumulative
         runs.append(run)
     text = report_from(tmp_path, study, runs)
-    # weight 0: last-5 means 0.48, 0.36 -> 0.42 ± 0.0849; weight 0.1: 0.42 ± 0 -> gap 0 within 0.0849.
+    # weight 0: last-5 means 0.48, 0.36 -> 0.42 ± 0.0849; weight 0.1: 0.42, 0.42 -> paired gaps -0.06, +0.06.
     assert (
         "deficit weight 0 / 0.1 gives a cumulative load CV of 0.070 / 0.000 and a cohort accuracy "
         "(mean of the last 5 rounds) of 0.4200 ± 0.0849 / 0.4200 ± 0.0000" in text
     )
-    assert "within the seed spread (0.0849, n=2)" in text
+    assert (
+        "against deficit weight 0 (paired by seed, Holm-corrected paired t-test): 0.1: -0.0000 [-0.7624, +0.7624] (n=2)"
+        in text
+    )
+    assert (
+        "paired t p = 1.000 (Holm 1.000), Wilcoxon p = 1.000, MDE " in text and "**no detectable difference**." in text
+    )

@@ -15,12 +15,16 @@ sentences), `document` (results.md and the README quote), `__main__` (the comman
 from flexmoe_bench.report.document import README_END, README_START, quote_in_readme, write_report
 from flexmoe_bench.report.stats import (
     curve_change,
+    decide,
+    holm,
     last_rounds_mean,
     mean_curve,
     mean_std,
+    minimum_detectable_effect,
     paired_difference,
+    paired_test,
+    pooled_signed_rank,
     rounds_to_target,
-    verdict,
 )
 from flexmoe_bench.report.summaries import Runs, load_summaries
 
@@ -36,6 +40,10 @@ __all__ = [
     "paired_difference",
     "quote_in_readme",
     "rounds_to_target",
-    "verdict",
+    "decide",
+    "holm",
+    "minimum_detectable_effect",
+    "paired_test",
+    "pooled_signed_rank",
     "write_report",
 ]

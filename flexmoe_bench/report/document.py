@@ -43,6 +43,18 @@ PAPER = (
     "4-class 82.6%, GTSRB IID 98%."
 )
 README_START, README_END = "<!-- study-main-table:start -->", "<!-- study-main-table:end -->"
+VERDICT_RULE = (
+    "Verdict rule (flexmoe_bench/report/stats.py): per setting, the paired per-seed difference FLEX-MoE − "
+    "greedy (same seed = same partitions, model, gates, participants) with its 95 % t interval; the paired "
+    "t-test (scipy.stats.ttest_rel) and the Wilcoxon signed-rank test (scipy.stats.wilcoxon), two-sided, "
+    "Holm-corrected across the rows of the table. A cell is **better** or **worse** only where the "
+    "Holm-corrected paired t-test rejects at 0.05; the Wilcoxon p-value is reported beside it and decides "
+    "nothing (with 3 seeds its smallest two-sided p-value is 2/2³ = 0.25, so it cannot reject at 0.05). "
+    "Otherwise the verdict is **no detectable difference**, read with the interval and the MDE: the smallest "
+    "true difference δ the paired t-test at α = 0.05 detects with power 0.8 given the observed standard "
+    "deviation s of the differences, i.e. the δ with P(|T| > t₀.₉₇₅,ₙ₋₁) = 0.8 for T ~ noncentral "
+    "t(n − 1, δ√n/s) (about (t₀.₉₇₅,ₙ₋₁ + t₀.₈,ₙ₋₁)·s/√n).",
+)
 
 Image = Callable[[str, str], str]  # (alt text, figure file name) -> the markdown image line
 
@@ -63,7 +75,7 @@ def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path
     text = [
         *_header(runs, grid, summaries_dir, study_file, ignored=len(loaded) - len(runs.all)),
         *_main_grid_section(rows, drawn, image),
-        *_reading_section(rows, head_to_head, runs),
+        *_reading_section(rows, head_to_head, runs, grid.checkpoints),
         *_balance_section(runs, drawn, image),
         *_target_section(runs, grid),
         *_bytes_section(runs),
@@ -121,8 +133,7 @@ def _main_grid_section(rows: Sequence[Mapping[str, Any]], drawn: Figures, image:
     return [
         "## Main grid: final accuracy",
         "",
-        "Verdict rule: the paired per-seed difference FLEX-MoE − greedy is a **win** or a **loss** only when "
-        "its mean exceeds its standard deviation over seeds; otherwise a **tie**.",
+        *VERDICT_RULE,
         "",
         main_table(rows) if rows else "_No main-grid runs yet._",
         "",
@@ -132,9 +143,9 @@ def _main_grid_section(rows: Sequence[Mapping[str, Any]], drawn: Figures, image:
 
 
 def _reading_section(
-    rows: Sequence[Mapping[str, Any]], head_to_head: Sequence[Mapping[str, Any]], runs: Runs
+    rows: Sequence[Mapping[str, Any]], head_to_head: Sequence[Mapping[str, Any]], runs: Runs, checkpoints: list[int]
 ) -> list[str]:
-    return ["## Reading", "", *reading(rows, head_to_head, runs), ""]
+    return ["## Reading", "", *reading(rows, head_to_head, runs, checkpoints), ""]
 
 
 def _balance_section(runs: Runs, drawn: Figures, image: Image) -> list[str]:
@@ -201,7 +212,8 @@ def _head_to_head_section(head_to_head: Sequence[Mapping[str, Any]]) -> list[str
     return [
         "## FLEX-MoE against greedy outside the main grid",
         "",
-        "The same paired per-seed verdict as the main grid, for every other setting where both rules ran.",
+        "The same paired per-seed test as the main grid, for every other setting where both rules ran; the "
+        "Holm correction runs across this table's rows.",
         "",
         head_to_head_table(head_to_head) if head_to_head else "_No paired runs outside the main grid yet._",
         "",

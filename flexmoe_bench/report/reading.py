@@ -1,7 +1,8 @@
 """The report's written reading: sentences generated from the verdicts and the measured figures.
 
 Every number in a sentence is computed here or in the tables' rows, never typed in, so the prose
-changes with the runs; the verdict words follow the same paired rule as the tables.
+changes with the runs; every verdict word (better, worse, no detectable difference) is the
+Holm-corrected paired t-test's (flexmoe_bench.report.stats.decide), as in the tables.
 """
 
 from __future__ import annotations
@@ -13,20 +14,38 @@ from typing import Any
 
 import numpy as np
 
-from flexmoe_bench.report.stats import TAIL_ROUNDS, curve_change, last_rounds_mean, mean_std, paired_difference, verdict
-from flexmoe_bench.report.summaries import Runs, accuracy_at, main_grid_mean, partition_name
-from flexmoe_bench.report.tables import fmt, fmt_gap
+from flexmoe_bench.report.stats import (
+    ALPHA,
+    BETTER,
+    NO_DIFFERENCE,
+    TAIL_ROUNDS,
+    WORSE,
+    curve_change,
+    decide,
+    last_rounds_mean,
+    mean_std,
+    paired_test,
+    pooled_signed_rank,
+)
+from flexmoe_bench.report.summaries import Runs, main_grid_mean, partition_name
+from flexmoe_bench.report.tables import convergence_tests, fmt, fmt_evidence, fmt_p, fmt_test
 from flexmoe_bench.study import Cell
 
 
-def reading(rows: Sequence[Mapping[str, Any]], head_to_head: Sequence[Mapping[str, Any]], runs: Runs) -> list[str]:
+def reading(
+    rows: Sequence[Mapping[str, Any]],
+    head_to_head: Sequence[Mapping[str, Any]],
+    runs: Runs,
+    checkpoints: Sequence[int] = (),
+) -> list[str]:
     """Plain sentences generated from the verdicts and the balance figures: `rows` are the main grid's
-    (tables.main_rows), `head_to_head` the paired settings outside it (tables.head_to_head_rows)."""
+    (tables.main_rows), `head_to_head` the paired settings outside it (tables.head_to_head_rows),
+    `checkpoints` the convergence check's rounds (summaries.Grid.checkpoints)."""
     return [
         *_main_grid_verdicts(rows),
         *_balance_sentences(runs),
         *_flatness_sentences(runs),
-        *_convergence_reading(runs),
+        *_convergence_reading(runs, checkpoints),
         *_head_to_head_reading(head_to_head),
         *_partial_reading(runs),
         *_dense_reading(runs),
@@ -34,23 +53,37 @@ def reading(rows: Sequence[Mapping[str, Any]], head_to_head: Sequence[Mapping[st
 
 
 def _main_grid_verdicts(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Which main-grid settings FLEX-MoE wins, ties and loses against greedy, each with its gap."""
+    """Where FLEX-MoE is better than, worse than or not distinguishable from greedy on the main grid,
+    each setting with its gap, interval and MDE; then the signed-rank test pooled over every pair."""
     by_verdict: dict[str, list[str]] = defaultdict(list)
+    pairs: list[tuple[float, float]] = []
     for row in rows:
         name = f"{row['dataset']} {partition_name(row['partition'])}"
-        gap = row["gap"][0]
-        by_verdict[row["verdict"]].append(name if math.isnan(gap) else f"{name} ({gap:+.4f})")
+        test = row["test"]
+        flex, greedy = row["accuracy"]["flexmoe"], row["accuracy"]["greedy"]
+        pairs += [(flex[s], greedy[s]) for s in sorted(set(flex) & set(greedy))]
+        detail = fmt_test(test) if test.n < 2 else f"{fmt_test(test)}, MDE {test.mde:.4f}"
+        by_verdict[test.verdict].append(f"{name} ({detail})")
+    rule = f"Holm-corrected paired t-test, p < {ALPHA} across the {len(rows)} settings"
     lines = [
-        f"- FLEX-MoE **wins** against greedy (paired gap above the seed spread) on: "
-        f"{'; '.join(by_verdict['win']) or 'none of the settings'}.",
-        f"- It **ties** (gap within the spread) on: {'; '.join(by_verdict['tie']) or 'none'}.",
-        f"- It **loses** on: {'; '.join(by_verdict['loss']) or 'none'}.",
+        f"- FLEX-MoE is **better** than greedy ({rule}) on: {'; '.join(by_verdict[BETTER]) or 'none of the settings'}.",
+        f"- It is **worse** on: {'; '.join(by_verdict[WORSE]) or 'none'}.",
+        f"- **No detectable difference** (the test does not reject; the interval and the smallest difference "
+        f"these seeds could detect are given) on: {'; '.join(by_verdict[NO_DIFFERENCE]) or 'none'}.",
     ]
     undecided = [v for v in by_verdict if v.startswith("n/a")]
     if undecided:
         lines.append(
-            "- Not yet decidable (fewer than 2 paired seeds): "
+            f"- Not decidable (fewer than 2 paired seeds, or no spread): "
             f"{'; '.join(x for v in undecided for x in by_verdict[v])}."
+        )
+    if pairs:
+        n, p = pooled_signed_rank(pairs)
+        gap = float(np.mean([a - b for a, b in pairs]))
+        lines.append(
+            f"- Pooled over all {n} main-grid (setting, seed) pairs, FLEX-MoE − greedy is {gap:+.4f} on average; "
+            f"the Wilcoxon signed-rank test over the pairs gives p = {fmt_p(p)}"
+            + (" (rejects at 0.05)." if p < ALPHA else " (no detectable difference pooled either).")
         )
     return lines
 
@@ -87,20 +120,21 @@ def _flatness_sentences(runs: Runs) -> list[str]:
     return lines
 
 
-def _convergence_reading(runs: Runs) -> list[str]:
+def _convergence_reading(runs: Runs, checkpoints: Sequence[int]) -> list[str]:
     chosen = {m: runs.select("convergence", m) for m in ("flexmoe", "greedy")}
-    if not all(chosen.values()):
+    tests = convergence_tests(runs, checkpoints)
+    if not tests:
         return []
-    end = min(len(r["curves"]["accuracy"]) for group in chosen.values() for r in group)
+    end = checkpoints[-1]
     tails = {
         m: float(np.mean([r["curves"]["accuracy"][end - 1] - r["curves"]["accuracy"][end - 11] for r in group]))
         for m, group in chosen.items()
     }
-    mean, std, n = paired_difference(accuracy_at(chosen["flexmoe"], end), accuracy_at(chosen["greedy"], end))
+    test = tests[-1]
     return [
         f"- Run on to {end} rounds (convergence check, fashion-mnist Dirichlet(0.8)), FLEX-MoE's accuracy changed by "
         f"{tails['flexmoe']:+.4f} over the last 10 rounds (greedy {tails['greedy']:+.4f}); there the paired gap "
-        f"FLEX-MoE − greedy is {fmt_gap(mean, std, n)}: **{verdict(mean, std, n)}**."
+        f"FLEX-MoE − greedy is {fmt_evidence(test)}: **{test.verdict}**."
     ]
 
 
@@ -109,75 +143,73 @@ def _head_to_head_reading(rows: Sequence[Mapping[str, Any]]) -> list[str]:
         return []
     by_verdict: dict[str, list[str]] = defaultdict(list)
     for row in rows:
-        by_verdict[row["verdict"]].append(f"{row['setting']} ({row['gap'][0]:+.4f})")
+        by_verdict[row["verdict"]].append(f"{row['setting']} ({fmt_test(row['test'])})")
     parts = [
         f"{word} on {'; '.join(by_verdict[v])}"
-        for v, word in (("win", "wins"), ("tie", "ties"), ("loss", "loses"))
+        for v, word in (
+            (BETTER, "is **better** than greedy"),
+            (WORSE, "is **worse**"),
+            (NO_DIFFERENCE, "shows **no detectable difference**"),
+        )
         if by_verdict[v]
     ]
+    undecided = [x for v in by_verdict if v.startswith("n/a") for x in by_verdict[v]]
+    if undecided:
+        parts.append(f"cannot be tested on {'; '.join(undecided)}")
     return [
-        f"- Outside the main grid (capacity, devices, extractor, participation, length), FLEX-MoE {', '.join(parts)}."
+        "- Outside the main grid (capacity, devices, extractor, participation, length; Holm-corrected paired "
+        f"t-test across that table's {len(rows)} rows), FLEX-MoE {', '.join(parts)}."
     ]
 
 
 def _partial_reading(runs: Runs) -> list[str]:
-    """What the deficit weight does under partial participation: balance over time against accuracy."""
+    """What the deficit weight does under partial participation: balance over time, and the cohort
+    accuracy of each weight against weight 0 (paired by seed, Holm-corrected together)."""
     weights = sorted({r["varied"]["deficit-weight"] for r in runs.select("partial-deficit", "flexmoe")})
     if len(weights) < 2:
         return []
     chosen = {w: runs.select("partial-deficit", "flexmoe", **{"deficit-weight": w}) for w in weights}
     cumulative = {w: mean_std([r["summary"]["cumulative-load-cv"] for r in c])[0] for w, c in chosen.items()}
     accuracy = {w: mean_std([last_rounds_mean(r["curves"]["accuracy"]) for r in c]) for w, c in chosen.items()}
-    spread = max(s for _, s in accuracy.values()) if all(not math.isnan(s) for _, s in accuracy.values()) else math.nan
-    means = [m for m, _ in accuracy.values()]
-    within = not math.isnan(spread) and max(means) - min(means) <= spread
+    tail = {w: {r["seed"]: last_rounds_mean(r["curves"]["accuracy"]) for r in c} for w, c in chosen.items()}
+    base, others = weights[0], weights[1:]
+    tests = decide([paired_test(tail[w], tail[base]) for w in others])
     names = " / ".join(f"{w:g}" for w in weights)
-    n = min(len(c) for c in chosen.values())
+    against = "; ".join(f"{w:g}: {fmt_evidence(t)}, **{t.verdict}**" for w, t in zip(others, tests))
     return [
         f"- Under partial participation (100 clients, 10 per round), deficit weight {names} gives a cumulative "
         f"load CV of {' / '.join(f'{cumulative[w]:.3f}' for w in weights)} and a cohort accuracy (mean of the last "
-        f"{TAIL_ROUNDS} rounds) of {' / '.join(fmt(*accuracy[w]) for w in weights)}: the accuracy differences "
-        f"(at most {max(means) - min(means):.4f}) are "
-        + (
-            f"within the seed spread ({spread:.4f}, n={n}), so no accuracy effect of the deficit term is measurable "
-            "here, while its balance over time is."
-            if within
-            else f"above the seed spread ({spread:.4f}, n={n})."
-        )
+        f"{TAIL_ROUNDS} rounds) of {' / '.join(fmt(*accuracy[w]) for w in weights)}. Cohort accuracy against "
+        f"deficit weight {base:g} (paired by seed, Holm-corrected paired t-test): {against}."
     ]
 
 
 def _dense_reading(runs: Runs) -> list[str]:
-    """FLEX-MoE against dense (all experts held) on the main-grid runs both have."""
-    pairs = _matched(runs, "flexmoe", "dense")
-    if not pairs:
+    """FLEX-MoE against dense (all experts held) over every main-grid (setting, seed) both have: one
+    pooled paired comparison (t-test decides; the signed-rank test over the same pairs beside it)."""
+    flex, dense = _keyed(runs, "flexmoe"), _keyed(runs, "dense")
+    test = decide([paired_test(flex, dense)])[0]
+    if not test.n:
         return []
-    flex, dense = (float(np.mean([p[k] for p in pairs])) for k in (0, 1))
-    gap = mean_std([f - d for f, d in pairs])
-    call = verdict(*gap, len(pairs))
+    keys = sorted(flex.keys() & dense.keys(), key=str)
     why = {
-        "tie": "holding 2 of 8 experts costs no accuracy beyond the seed spread",
-        "win": "accuracy is personalised: fewer, specialised experts per client need not cost accuracy",
-        "loss": "the price of holding 2 of 8 experts",
-    }.get(call, "too few paired runs to call")
+        NO_DIFFERENCE: "holding 2 of 8 experts costs no accuracy these runs can detect",
+        BETTER: "accuracy is personalised: fewer, specialised experts per client need not cost accuracy",
+        WORSE: "the price of holding 2 of 8 experts",
+    }.get(test.verdict, "too few paired runs to test")
     return [
-        f"- Against dense (all 8 experts, no capacity limit), on the {len(pairs)} (setting, seed) runs "
-        f"both have: FLEX-MoE {flex:.4f}, dense {dense:.4f}, paired gap {fmt_gap(*gap, len(pairs))}: "
-        f"**{call}** ({why})."
+        f"- Against dense (all 8 experts, no capacity limit), on the {test.n} (setting, seed) runs both have: "
+        f"FLEX-MoE {np.mean([flex[k] for k in keys]):.4f}, dense {np.mean([dense[k] for k in keys]):.4f}, paired "
+        f"gap {fmt_evidence(test)}: **{test.verdict}** ({why})."
     ]
 
 
-def _matched(runs: Runs, a: str, b: str) -> list[tuple[float, float]]:
-    """(accuracy of a, accuracy of b) over the main-grid (dataset, partition, seed) both have."""
-
-    def keyed(method: str) -> dict[tuple[Any, Any, int], float]:
-        return {
-            (r["varied"].get("dataset"), r["varied"].get("partition"), r["seed"]): r["summary"]["accuracy"]
-            for r in runs.select("main", method)
-        }
-
-    first, second = keyed(a), keyed(b)
-    return [(first[k], second[k]) for k in sorted(first.keys() & second.keys(), key=str)]
+def _keyed(runs: Runs, method: str) -> dict[tuple[Any, Any, int], float]:
+    """A method's main-grid final accuracy by (dataset, partition, seed)."""
+    return {
+        (r["varied"].get("dataset"), r["varied"].get("partition"), r["seed"]): r["summary"]["accuracy"]
+        for r in runs.select("main", method)
+    }
 
 
 def beside_paper(runs: Runs) -> str:

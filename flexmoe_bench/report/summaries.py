@@ -21,11 +21,19 @@ import tomllib
 from flexmoe_bench.study import Cell, expand
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: default paths, and paths the report prints
-METHODS = ("flexmoe", "greedy", "random", "static", "dense")
+METHODS = ("flexmoe", "greedy", "random", "static", "dense", "bias-greedy", "sinkhorn")
 REFERENCE = {"dataset": "fashion-mnist", "partition": "dirichlet"}  # where capacity and ablations vary
 PARTITION_NAMES = {"iid": "IID", "dirichlet": "Dirichlet(0.8)", "classes": "4 classes/client"}
 
 Summary = Mapping[str, Any]
+
+
+def method_label(run: Summary) -> str:
+    """A run's method as the report names it: FLEX-MoE with deficit weight 0 is the exact balanced
+    assignment without history (BASE-layers style), listed as its own rule beside the others."""
+    if run["method"] == "flexmoe" and run.get("run-config", {}).get("deficit-weight") == 0:
+        return "flexmoe (deficit-weight 0: no history)"
+    return str(run["method"])
 
 
 def partition_name(partition: str) -> str:

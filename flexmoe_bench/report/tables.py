@@ -1,8 +1,10 @@
 """The report's tables: rows computed from the run summaries, and their markdown.
 
 A `*_rows` function computes what a table shows (and what the reading sentences quote); a
-`*_table` function formats rows as a markdown table. Cells print as mean ± std over seeds, paired
-gaps with the number of seeds they pair.
+`*_table` function formats rows as a markdown table. Cells print as mean ± std over seeds; a paired gap
+prints as its mean with the 95 % t interval and the seeds it pairs, beside the Holm-corrected
+p-values of the paired t-test (which decides the verdict) and of the Wilcoxon signed-rank test, and
+the minimum detectable effect (see flexmoe_bench.report.stats).
 """
 
 from __future__ import annotations
@@ -16,15 +18,24 @@ import numpy as np
 
 from flexmoe_bench.report.stats import (
     TAIL_ROUNDS,
+    PairedTest,
     curve_change,
+    decide,
     last_rounds_mean,
     mean_curve,
     mean_std,
-    paired_difference,
+    paired_test,
     rounds_to_target,
-    verdict,
 )
-from flexmoe_bench.report.summaries import METHODS, REFERENCE, Runs, Summary, accuracy_at, partition_name
+from flexmoe_bench.report.summaries import (
+    METHODS,
+    REFERENCE,
+    Runs,
+    Summary,
+    accuracy_at,
+    method_label,
+    partition_name,
+)
 
 TARGET_SHARE = 0.95  # rounds-to-target: the round where a method reaches 95% of the best final accuracy
 
@@ -53,11 +64,48 @@ def fmt(mean: float, std: float, digits: int = 4) -> str:
     return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def fmt_gap(mean: float, std: float, n: int) -> str:
-    """A paired difference with its spread and the number of paired seeds."""
-    if n > 1:
-        return f"{mean:+.4f} ± {std:.4f} (n={n})"
-    return f"{mean:+.4f} (n=1)" if n else "—"
+def fmt_p(p: float) -> str:
+    if math.isnan(p):
+        return "—"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def fmt_test(test: PairedTest) -> str:
+    """The mean paired gap with its 95 % t interval and the number of pairs."""
+    if test.n == 0:
+        return "—"
+    if test.n == 1:
+        return f"{test.mean:+.4f} (n=1)"
+    low, high = test.ci
+    return f"{test.mean:+.4f} [{low:+.4f}, {high:+.4f}] (n={test.n})"
+
+
+def fmt_verdict(test: PairedTest) -> str:
+    return f"**{test.verdict}**"
+
+
+def fmt_evidence(test: PairedTest) -> str:
+    """Gap, interval, the deciding test and the Wilcoxon beside it, the MDE: one line for prose."""
+    if test.n < 2:
+        return fmt_test(test)
+    return (
+        f"{fmt_test(test)}, paired t p = {fmt_p(test.t_p)} (Holm {fmt_p(test.holm_p)}), Wilcoxon p = "
+        f"{fmt_p(test.wilcoxon_p)}, MDE {test.mde:.4f}"
+    )
+
+
+TEST_HEADER = ("p, paired t (Holm)", "p, Wilcoxon (Holm)", "MDE (t, power 0.8)", "verdict")
+
+
+def test_cells(test: PairedTest) -> list[str]:
+    """The table cells that follow a gap: corrected p-values, the MDE and the verdict."""
+    mde = "—" if math.isnan(test.mde) else f"{test.mde:.4f}"
+    return [fmt_p(test.holm_p), fmt_p(test.holm_wilcoxon_p), mde, fmt_verdict(test)]
+
+
+def present(methods: Iterable[str], has: Any) -> list[str]:
+    """The methods (in METHODS order) for which `has(method)` is true: a table shows no empty column."""
+    return [m for m in methods if has(m)]
 
 
 def fmt_seeds(values: Mapping[int, float]) -> str:
@@ -75,32 +123,33 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def main_rows(runs: Runs, datasets: Sequence[str], partitions: Sequence[str]) -> list[dict[str, Any]]:
-    """One row per (dataset, partition): accuracy per method and the paired FLEX-MoE − greedy gap."""
-    rows = []
+    """One row per (dataset, partition): accuracy per method and the paired FLEX-MoE − greedy test,
+    Holm-corrected across the rows (the main table is one family)."""
+    rows: list[dict[str, Any]] = []
     for dataset in datasets:
         for partition in partitions:
             cell = {m: runs.final(runs.select("main", m, dataset=dataset, partition=partition)) for m in METHODS}
             if not any(cell.values()):
                 continue
-            gap = paired_difference(cell["flexmoe"], cell["greedy"])
-            rows.append(
-                {"dataset": dataset, "partition": partition, "accuracy": cell, "gap": gap, "verdict": verdict(*gap)}
-            )
+            rows.append({"dataset": dataset, "partition": partition, "accuracy": cell})
+    for row, test in zip(rows, decide([paired_test(r["accuracy"]["flexmoe"], r["accuracy"]["greedy"]) for r in rows])):
+        row["test"], row["verdict"] = test, test.verdict
     return rows
 
 
 def main_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    methods = present(METHODS, lambda m: any(row["accuracy"][m] for row in rows))
     body = [
         [
             row["dataset"],
             partition_name(row["partition"]),
-            *(fmt_seeds(row["accuracy"][m]) for m in METHODS),
-            fmt_gap(*row["gap"]),
-            f"**{row['verdict']}**",
+            *(fmt_seeds(row["accuracy"][m]) for m in methods),
+            fmt_test(row["test"]),
+            *test_cells(row["test"]),
         ]
         for row in rows
     ]
-    return table(["dataset", "partition", *METHODS, "flexmoe − greedy (paired)", "verdict"], body)
+    return table(["dataset", "partition", *methods, "flexmoe − greedy (paired, 95 % CI)", *TEST_HEADER], body)
 
 
 def balance_table(runs: Runs) -> str:
@@ -159,9 +208,10 @@ def bytes_table(runs: Runs) -> str:
 
 def target_table(runs: Runs, datasets: Sequence[str], partitions: Sequence[str]) -> str:
     body = []
+    methods = present(METHODS, lambda m: runs.select("main", m))
     for dataset in datasets:
         for partition in partitions:
-            chosen = {m: runs.select("main", m, dataset=dataset, partition=partition) for m in METHODS}
+            chosen = {m: runs.select("main", m, dataset=dataset, partition=partition) for m in methods}
             curves = {m: mean_curve(r["curves"]["accuracy"] for r in c)[0] for m, c in chosen.items() if c}
             if not curves:
                 continue
@@ -171,10 +221,10 @@ def target_table(runs: Runs, datasets: Sequence[str], partitions: Sequence[str])
                     dataset,
                     partition_name(partition),
                     f"{target:.3f}",
-                    *(_rounds(curves.get(m), target) for m in METHODS),
+                    *(_rounds(curves.get(m), target) for m in methods),
                 ]
             )
-    return table(["dataset", "partition", "target accuracy", *METHODS], body)
+    return table(["dataset", "partition", "target accuracy", *methods], body)
 
 
 def _rounds(curve: np.ndarray | None, target: float) -> str:
@@ -238,7 +288,7 @@ def _ablation_row(name: str, setting: str, chosen: Sequence[Summary]) -> list[st
     return [
         name,
         setting,
-        chosen[0]["method"],
+        method_label(chosen[0]),
         fmt(*mean_std([x["accuracy"] for x in s])),
         fmt(*mean_std([last_rounds_mean(r["curves"]["accuracy"]) for r in chosen])),
         fmt(*mean_std([x["load-cv"] for x in s]), 3),
@@ -271,14 +321,15 @@ def ablation_table(runs: Runs) -> str:
 
 def head_to_head_rows(runs: Runs) -> list[dict[str, Any]]:
     """FLEX-MoE against greedy in every setting outside the main grid where both ran: final accuracy
-    of each and the paired per-seed gap with its verdict."""
-    rows = []
+    of each and the paired per-seed test, Holm-corrected across the table's rows."""
+    rows: list[dict[str, Any]] = []
     for setting, flex_group, flex_varied, greedy_group in HEAD_TO_HEAD_SETTINGS:
         flex = runs.final(runs.select(flex_group, "flexmoe", **flex_varied))
         greedy = runs.final(runs.select(greedy_group, "greedy"))
         if flex and greedy:
-            gap = paired_difference(flex, greedy)
-            rows.append({"setting": setting, "flexmoe": flex, "greedy": greedy, "gap": gap, "verdict": verdict(*gap)})
+            rows.append({"setting": setting, "flexmoe": flex, "greedy": greedy})
+    for row, test in zip(rows, decide([paired_test(r["flexmoe"], r["greedy"]) for r in rows])):
+        row["test"], row["verdict"] = test, test.verdict
     return rows
 
 
@@ -288,18 +339,28 @@ def head_to_head_table(rows: Sequence[Mapping[str, Any]]) -> str:
             row["setting"],
             fmt_seeds(row["flexmoe"]),
             fmt_seeds(row["greedy"]),
-            fmt_gap(*row["gap"]),
-            f"**{row['verdict']}**",
+            fmt_test(row["test"]),
+            *test_cells(row["test"]),
         ]
         for row in rows
     ]
-    return table(
-        ["setting (fashion-mnist, Dirichlet(0.8))", "flexmoe", "greedy", "flexmoe − greedy (paired)", "verdict"], body
+    header = ["setting (fashion-mnist, Dirichlet(0.8))", "flexmoe", "greedy", "flexmoe − greedy (paired, 95 % CI)"]
+    return table([*header, *TEST_HEADER], body)
+
+
+def convergence_tests(runs: Runs, checkpoints: Sequence[int]) -> list[PairedTest]:
+    """FLEX-MoE − greedy at each checkpoint round of the convergence check, Holm-corrected together
+    (one table); empty without both methods."""
+    chosen = {m: runs.select("convergence", m) for m in ("flexmoe", "greedy")}
+    if not all(chosen.values()):
+        return []
+    return decide(
+        [paired_test(accuracy_at(chosen["flexmoe"], k), accuracy_at(chosen["greedy"], k)) for k in checkpoints]
     )
 
 
 def convergence_rows(runs: Runs, checkpoints: Sequence[int]) -> list[list[str]]:
-    """Accuracy at each checkpoint round per method, the paired FLEX-MoE − greedy gap there with its
+    """Accuracy at each checkpoint round per method, the paired FLEX-MoE − greedy test there with its
     verdict, and the change over the last 10 rounds (how flat the curve is at its end)."""
     chosen = {m: runs.select("convergence", m) for m in ("flexmoe", "greedy")}
     rows = []
@@ -315,14 +376,12 @@ def convergence_rows(runs: Runs, checkpoints: Sequence[int]) -> list[list[str]]:
                 ", ".join(str(r["seed"]) for r in group),
             ]
         )
-    if all(chosen.values()):
-        gaps = [
-            paired_difference(accuracy_at(chosen["flexmoe"], k), accuracy_at(chosen["greedy"], k)) for k in checkpoints
-        ]
+    tests = convergence_tests(runs, checkpoints)
+    if tests:
         rows.append(
             [
-                "flexmoe − greedy (paired)",
-                *(f"{fmt_gap(*gap)} **{verdict(*gap)}**" if gap[2] else "—" for gap in gaps),
+                "flexmoe − greedy (paired, 95 % CI; Holm-corrected paired t p)",
+                *(f"{fmt_test(t)}, p {fmt_p(t.holm_p)} {fmt_verdict(t)}" if t.n else "—" for t in tests),
                 "",
                 "",
             ]
