@@ -22,6 +22,7 @@ from server_app.strategy import FlexMoEStrategy
 log = logging.getLogger("flexmoe.server")
 app = ServerApp()
 REFERENCE_PREFIX = "reference/"  # checkpoint arrays of centered-clip's references (no model key starts so)
+VELOCITY_PREFIX = "velocity/"  # checkpoint arrays of the per-expert server step's velocity (remedies)
 
 
 @app.main()
@@ -150,6 +151,7 @@ class FederatedRun:
         arrays = server.pop("global")
         # centered-clip's references travel as arrays next to the model's, under their own prefix.
         arrays = {**arrays, **{REFERENCE_PREFIX + k: v for k, v in server.pop("references", {}).items()}}
+        arrays = {**arrays, **{VELOCITY_PREFIX + k: v for k, v in server.pop("velocity", {}).items()}}
         self.writer.write_rounds(self.rounds)
         self.writer.write_assignments(self.history, server["fitness"])
         state = {"server": server, "config": s.to_run_config(), "rounds": self.rounds, "history": self.history}
@@ -168,8 +170,11 @@ class FederatedRun:
         arrays, state = load_checkpoint(self.writer.checkpoint_path)
         _check_compatible(state["config"], self.settings)
         references = {k[len(REFERENCE_PREFIX) :]: v for k, v in arrays.items() if k.startswith(REFERENCE_PREFIX)}
-        model = {k: v for k, v in arrays.items() if not k.startswith(REFERENCE_PREFIX)}
-        self.strategy.load_state_dict({**state["server"], "global": model, "references": references})
+        velocity = {k[len(VELOCITY_PREFIX) :]: v for k, v in arrays.items() if k.startswith(VELOCITY_PREFIX)}
+        model = {k: v for k, v in arrays.items() if not k.startswith((REFERENCE_PREFIX, VELOCITY_PREFIX))}
+        self.strategy.load_state_dict(
+            {**state["server"], "global": model, "references": references, "velocity": velocity}
+        )
         self.rounds = state["rounds"]
         self.history = state["history"]
         self.first_round = int(state["server"]["round"]) + 1
@@ -188,6 +193,7 @@ _RESUME_MUST_MATCH = (
     "fitness",
     "seed",
     "top-r",
+    "expert-kind",
     "max-samples-per-client",
     "robust-aggregation",
     "attack",

@@ -12,6 +12,7 @@ from flwr.app import Message
 from flexmoe_core import metrics as M
 from flexmoe_core import protocol as P
 from flexmoe_core.config import Settings
+from flexmoe_core.remedies import adapted_outcome
 from flexmoe_core.replies import ClientInfo, ReplyError, validate_eval_reply
 from flexmoe_core.seeds import round_rng
 from server_app.planning import RoundPlan
@@ -65,7 +66,7 @@ def draw_cohort(settings: Settings, nodes: Mapping[int, ClientInfo]) -> list[str
 
 def accuracy_metrics(plan: RoundPlan, replies: Iterable[Message], server_round: int) -> dict[str, Any]:
     """Accuracy over the valid evaluation replies (example-weighted, with its spread over clients)."""
-    outcomes = []
+    outcomes, adapted = [], []
     for reply in replies:
         plan.traffic.up["evaluate"] += message_bytes(reply)
         if reply.has_error():
@@ -77,7 +78,11 @@ def accuracy_metrics(plan: RoundPlan, replies: Iterable[Message], server_round: 
             )
             continue
         try:
-            outcomes.append(validate_eval_reply(dict(reply.content.metric_records[P.METRICS])))
+            metrics = dict(reply.content.metric_records[P.METRICS])
+            outcome = validate_eval_reply(metrics)
+            pair = adapted_outcome(metrics)  # remedy `adapt-steps`: None unless the client adapted
+            outcomes.append(outcome)
+            adapted.append(pair)
         except (ReplyError, KeyError) as err:
             log.warning("round %d: rejected evaluation of node %d: %s", server_round, reply.metadata.src_node_id, err)
     if not outcomes:
@@ -85,6 +90,16 @@ def accuracy_metrics(plan: RoundPlan, replies: Iterable[Message], server_round: 
     accuracies = np.array([o.accuracy for o in outcomes])
     examples = np.array([o.num_examples for o in outcomes], dtype=float)
     summary = M.accuracy_summary(accuracies, examples)
+    extra: dict[str, float] = {}
+    tuned_accuracies = [t[0] for t in adapted if t is not None]
+    if len(tuned_accuracies) == len(outcomes):  # reported apart: `accuracy` stays the un-adapted model's
+        tuned = M.accuracy_summary(np.array(tuned_accuracies), examples)
+        extra = {
+            "accuracy-adapted": float(tuned["mean"]),
+            "accuracy-adapted-min": float(tuned["min"]),
+            "accuracy-adapted-p10": float(tuned["p10"]),
+            "accuracy-adapted-median": float(tuned["median"]),
+        }
     return {
         "accuracy": float(summary["mean"]),
         "accuracy-min": float(summary["min"]),
@@ -92,4 +107,5 @@ def accuracy_metrics(plan: RoundPlan, replies: Iterable[Message], server_round: 
         "accuracy-median": float(summary["median"]),
         "eval-loss": float(np.average([o.loss for o in outcomes], weights=np.maximum(examples, 1e-12))),
         "num-evaluated": len(outcomes),
+        **extra,
     }

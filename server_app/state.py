@@ -34,6 +34,9 @@ class ServerState:
     # centered-clip's per-group references (flexmoe_core.centered_clip), keyed like the model; else empty.
     references: dict[str, np.ndarray] = field(default_factory=dict)
     bias: ExpertBias | None = None  # bias-greedy's per-expert bias (zeros under every other method)
+    # The per-expert server step's velocity (flexmoe_core.remedies; expert-server-momentum), keyed like
+    # the model's expert keys; empty when the step is off.
+    velocity: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.bias is None:
@@ -51,7 +54,7 @@ class ServerState:
         return cls(dict(global_state), fitness, LoadTracker(settings.num_experts))
 
     def to_dict(self) -> dict[str, Any]:
-        """`"global"` and `"references"` hold arrays, the rest is JSON-safe."""
+        """`"global"`, `"references"` and `"velocity"` hold arrays, the rest is JSON-safe."""
         return {
             "global": dict(self.global_state),
             "fitness": self.fitness.to_dict(),
@@ -60,6 +63,7 @@ class ServerState:
             "round": self.round,
             "cohort": list(self.cohort),
             "references": dict(self.references),
+            "velocity": dict(self.velocity),
             "nodes": {str(node): asdict(info) for node, info in self.nodes.items()},
             "bias": self.expert_bias.to_dict(),
         }
@@ -76,6 +80,7 @@ class ServerState:
             round=int(state["round"]),
             cohort=list(state.get("cohort", [])),
             references=dict(state.get("references", {})),
+            velocity=dict(state.get("velocity", {})),
             nodes={int(node): ClientInfo(**info) for node, info in state.get("nodes", {}).items()},
             bias=ExpertBias.from_dict(state["bias"]) if "bias" in state else None,  # older checkpoints: zeros
         )

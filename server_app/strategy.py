@@ -27,6 +27,7 @@ from flexmoe_core.aggregation import download_keys
 from flexmoe_core.assignment import LoadTracker
 from flexmoe_core.config import Settings
 from flexmoe_core.fitness import FitnessTable
+from flexmoe_core.remedies import expert_server_step, holder_counts, step_is_default
 from flexmoe_core.replies import ClientInfo
 from server_app import evaluation, planning, training
 from server_app.discovery import Discovery, NodeRegistry
@@ -148,7 +149,7 @@ class FlexMoEStrategy(Strategy):
     def aggregate_train_replies(self, server_round: int, replies: Iterable[Message]) -> dict[str, Any]:
         """Validate the training replies, aggregate the accepted ones into the global model, and
         learn the fitness and load deficits from them; returns the round's training metrics."""
-        plan = self._require_plan()
+        plan, s = self._require_plan(), self.settings
         outcome = training.collect(plan, replies, self.nodes, self.settings, server_round)
         timed_out = len(plan.node_ids) - len(outcome.accepted) - outcome.failed - outcome.rejected
         if timed_out:
@@ -159,9 +160,21 @@ class FlexMoEStrategy(Strategy):
                 self.settings.round_timeout,
             )
         plan.completed = [n for n in plan.node_ids if n in outcome.accepted]
+        previous = self.global_state
         self.global_state = training.aggregate(
             self.global_state, plan, outcome, self.settings, self.state.references, server_round
         )
+        if not step_is_default(s.expert_server_lr, s.expert_server_momentum, s.expert_step_scale):
+            self.global_state = expert_server_step(  # remedy: a per-expert FedAvgM step (flexmoe_core.remedies)
+                previous,
+                self.global_state,
+                holder_counts([plan.held(n) for n in plan.completed]),
+                len(plan.completed),
+                self.state.velocity,
+                lr=s.expert_server_lr,
+                momentum=s.expert_server_momentum,
+                scale=s.expert_step_scale,
+            )
         training.learn(self.fitness, self.loads, plan, outcome, self.nodes)
         if self.settings.assignment == "bias-greedy":
             training.learn_bias(self.state.expert_bias, plan, self.settings.bias_update_rate)
