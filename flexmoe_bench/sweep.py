@@ -59,6 +59,9 @@ CURVES = (
     "cumulative-routed-load-cv",
     "starved-experts",
     "class-entropy-mean",
+    # Local adaptation at evaluation (remedy `adapt-steps`, flexmoe_core.remedies): None when it is off.
+    "accuracy-adapted",
+    "accuracy-adapted-p10",
 )
 # Wall-clock curves: never equal between two runs, so `--verify` leaves them out.
 TIMING_CURVES = ("round-seconds",)

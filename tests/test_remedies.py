@@ -373,3 +373,26 @@ def test_a_run_with_every_remedy_resumes_exactly_with_its_velocity(tmp_path):
     assert set(arrays_full) == set(arrays_resumed)
     for key, value in arrays_full.items():
         np.testing.assert_array_equal(arrays_resumed[key], value)
+
+
+@pytest.mark.usefixtures("flower_identity")
+def test_adaptation_leaves_the_run_and_its_accuracy_unchanged(tmp_path):
+    import json
+
+    from server_app.app import FederatedRun
+    from tests.in_process import federation
+
+    rows = []
+    for steps in (0, 3):
+        config = run_config(results_dir=str(tmp_path / f"a{steps}"), expert_hidden=16, adapt_steps=steps)
+        FederatedRun(Settings.from_run_config(config), federation(config, 2)).execute()
+        rows.append(json.loads((tmp_path / f"a{steps}" / "metrics.json").read_text()))
+    timing = ("round-seconds", "server-seconds", "solve-seconds", "discovery-seconds")
+    # The evaluation reply carries two more metrics, so its bytes differ; nothing else may.
+    plain = [{k: v for k, v in r.items() if k not in timing and "bytes" not in k} for r in rows[0]]
+    adapted = [
+        {k: v for k, v in r.items() if k not in timing and "bytes" not in k and "adapted" not in k} for r in rows[1]
+    ]
+    assert plain == adapted
+    assert [r["bytes-down-per-client"] for r in rows[0]] == [r["bytes-down-per-client"] for r in rows[1]]
+    assert all("accuracy-adapted" in r and "accuracy-adapted" not in p for r, p in zip(rows[1], rows[0]))
