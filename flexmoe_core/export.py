@@ -208,10 +208,11 @@ def full_model(run: ExportRun) -> MoEClassifier:
 
 
 def parameter_counts(model: MoEClassifier) -> dict[str, int]:
-    """psi, gate and per-expert theta parameter counts of a model (k experts of one size)."""
+    """psi, gate and per-expert theta parameter counts of a model (k experts of one size); the shared
+    classifier of an `expert-kind = "hidden"` model counts with the extractor (both are shared)."""
     counts = {"extractor": 0, "gate": 0, "experts": 0}
     for name, param in model.named_parameters():
-        group = "extractor" if P.is_extractor(name) else "gate" if P.is_gate(name) else "experts"
+        group = "extractor" if P.is_shared(name) else "gate" if P.is_gate(name) else "experts"
         counts[group] += param.numel()
     k = len(model.held_experts)
     counts["per-expert"] = counts["experts"] // k
@@ -239,6 +240,8 @@ class _ExportGraph(nn.Module):
         self.extractor = model.extractor
         self.experts = model.experts
         self.gate = model.gate
+        if model.classifier is not None:  # expert-kind = "hidden": the shared classifier after the mixture
+            self.classifier = model.classifier
         self.register_buffer("_held_index", model._held_index, persistent=False)
         self.register_buffer("_held_mask", model._held_mask, persistent=False)
         object.__setattr__(self, "_model", model)
@@ -285,7 +288,7 @@ def onnx_parameters(path: str | Path) -> dict[str, int]:
     import onnx
 
     proto = onnx.load(str(path))
-    prefixes = (P.EXTRACTOR_PREFIX, P.EXPERTS_PREFIX, P.GATE_PREFIX)
+    prefixes = (P.EXTRACTOR_PREFIX, P.EXPERTS_PREFIX, P.GATE_PREFIX, P.CLASSIFIER_PREFIX)
     return {
         init.name: int(np.prod(init.dims, dtype=np.int64))
         for init in proto.graph.initializer

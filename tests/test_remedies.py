@@ -396,3 +396,21 @@ def test_adaptation_leaves_the_run_and_its_accuracy_unchanged(tmp_path):
     assert plain == adapted
     assert [r["bytes-down-per-client"] for r in rows[0]] == [r["bytes-down-per-client"] for r in rows[1]]
     assert all("accuracy-adapted" in r and "accuracy-adapted" not in p for r, p in zip(rows[1], rows[0]))
+
+
+def test_a_hidden_expert_model_exports_to_onnx_with_its_shared_classifier(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from flexmoe_core import export
+
+    torch.manual_seed(3)
+    model = MoEClassifier(4, [1, 2], gate_seed=0, expert_kind="hidden", **{**SMALL, "image_size": 28}).eval()
+    path = export.export_onnx(model, tmp_path / "hidden.onnx", in_channels=1, image_size=28)
+    params = export.onnx_parameters(path)
+    assert {"classifier.weight", "classifier.bias"} <= set(params)
+    counts = export.parameter_counts(model)
+    assert sum(params.values()) == counts["total"] == counts["extractor"] + counts["gate"] + 2 * counts["per-expert"]
+    images = torch.randn(3, 1, 28, 28)
+    logits = ort.InferenceSession(str(path)).run(None, {export.INPUT_NAME: images.numpy()})[0]
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model(images).numpy(), atol=1e-4)
