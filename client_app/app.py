@@ -72,6 +72,7 @@ def train(msg: Message, context: Context) -> Message:
         seed=derive_seed(settings.seed, "data-order", node.client_id, server_round),
         device=pick_device(),
         prox_mu=settings.prox_mu,
+        logit_adjust=settings.logit_adjust,
     )
     store_gate(context, node, model, server_round, _run_token(msg))
     feedback = result.feedback

@@ -125,6 +125,7 @@ class Settings:
     expert_server_momentum: float = 0.0
     expert_step_scale: str = "none"
     prox_mu: float = 0.0
+    logit_adjust: float = 0.0
     adapt_steps: int = 0
     adapt_lr: float = 0.01
 
@@ -222,6 +223,7 @@ class Settings:
         )
         check.choice("expert-step-scale", self.expert_step_scale, STEP_SCALES)
         check.at_least("prox-mu", self.prox_mu, 0.0)
+        check.at_least("logit-adjust", self.logit_adjust, 0.0)
         check.at_least("adapt-steps", self.adapt_steps, 0)
         check.positive("adapt-lr", self.adapt_lr)
         if not self.results_dir.strip():

@@ -18,6 +18,11 @@ method's arithmetic is untouched (the code paths are skipped, not run with neutr
 * ``prox-mu``                  a proximal term ``(mu / 2) ||theta_e - theta_e^0||^2`` on each held
                                expert during local training (FedProx, Li et al. 2020, on the
                                experts only): its gradient is ``mu (theta_e - theta_e^0)``.
+* ``logit-adjust``             local training minimises the logit-adjusted cross-entropy
+                               ``CE(logits + tau log pi_c)`` with pi_c the client's label prior
+                               (add-one smoothed), so a client with one or two classes does not
+                               push the experts it holds to rule the other classes out (Menon et
+                               al. 2021; FedLC, Zhang et al. 2022). Prediction stays on the logits.
 * ``adapt-steps``, ``adapt-lr``  local adaptation at evaluation: a copy of the client's model takes
                                a few SGD steps on its training split, on the held experts and the
                                gate only, and is tested beside the un-adapted one
@@ -62,6 +67,17 @@ def proximal_term(model: MoEClassifier, anchor: Mapping[str, torch.Tensor], mu: 
         if name in anchor:
             total = total + (param - anchor[name]).pow(2).sum()
     return 0.5 * float(mu) * total
+
+
+def label_prior(dataset: Dataset, num_classes: int) -> torch.Tensor:
+    """The add-one smoothed label frequencies (count_y + 1) / (n + C) of a dataset of (x, y) pairs."""
+    tensors = getattr(dataset, "tensors", None)
+    if tensors is not None:
+        labels = torch.as_tensor(tensors[1]).long().cpu()
+    else:
+        labels = torch.tensor([int(y) for _, y in dataset], dtype=torch.long)  # type: ignore[attr-defined]
+    counts = torch.bincount(labels, minlength=int(num_classes)).double()
+    return ((counts + 1.0) / (counts.sum() + num_classes)).float()
 
 
 # --------------------------------------------------------------------------- server step

@@ -76,12 +76,16 @@ def train_local(
     seed: int,
     device: torch.device | str = "cpu",
     prox_mu: float = 0.0,
+    logit_adjust: float = 0.0,
 ) -> TrainResult:
     """SGD (momentum 0.9) on the cross-entropy of the mixture output, in place on ``model``.
 
     ``prox_mu`` > 0 adds the proximal term (mu / 2) ||theta_e - theta_e^0||^2 on the held experts
     (setting `prox-mu`, flexmoe_core.remedies) to the loss that is minimised; the reported losses
     and the feedback stay the task's cross-entropy. At 0 the term is not computed at all.
+    ``logit_adjust`` tau > 0 trains on the logit-adjusted cross-entropy CE(logits + tau log pi) with pi
+    the client's (add-one smoothed) label prior (setting `logit-adjust`, flexmoe_core.remedies); the
+    feedback and the reported loss stay the plain cross-entropy. At 0 it is not computed at all.
 
     Deterministic given ``seed``: the shuffling uses its own torch.Generator (the model
     has no other randomness), so the global RNG is neither used nor disturbed.
@@ -105,6 +109,13 @@ def train_local(
     if not float(prox_mu) >= 0.0:
         raise ValueError(f"prox_mu must be >= 0, got {prox_mu!r}")
     anchor = remedies.expert_anchor(model) if prox_mu > 0.0 else None
+    if not float(logit_adjust) >= 0.0:
+        raise ValueError(f"logit_adjust must be >= 0, got {logit_adjust!r}")
+    shift = (
+        float(logit_adjust) * torch.log(remedies.label_prior(dataset, model.num_classes)).to(device)
+        if logit_adjust > 0.0
+        else None
+    )
 
     num_experts = model.num_experts
     for epoch in range(int(epochs)):
@@ -113,7 +124,7 @@ def train_local(
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
             logits, routing = model.forward_with_routing(images)
-            loss = F.cross_entropy(logits, labels)
+            loss = F.cross_entropy(logits, labels) if shift is None else F.cross_entropy(logits + shift, labels)
             if anchor is not None:
                 loss = loss + remedies.proximal_term(model, anchor, prox_mu)
             optimizer.zero_grad(set_to_none=True)

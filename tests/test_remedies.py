@@ -294,6 +294,7 @@ def test_client_evaluate_reports_adapted_accuracy_apart_and_keeps_its_gate():
         ("expert-server-momentum", 1.0, "0 <= expert-server-momentum < 1"),
         ("expert-step-scale", "share", "expert-step-scale must be one of none, holders"),
         ("prox-mu", -0.1, "prox-mu must be >= 0"),
+        ("logit-adjust", -0.5, "logit-adjust must be >= 0"),
         ("adapt-steps", -1, "adapt-steps must be >= 0"),
         ("adapt-lr", 0.0, "adapt-lr must be a finite number > 0"),
     ],
@@ -414,3 +415,34 @@ def test_a_hidden_expert_model_exports_to_onnx_with_its_shared_classifier(tmp_pa
     logits = ort.InferenceSession(str(path)).run(None, {export.INPUT_NAME: images.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(logits, model(images).numpy(), atol=1e-4)
+
+
+# --------------------------------------------------------------------------- logit adjustment
+
+
+def test_label_prior_is_add_one_smoothed():
+    data = TensorDataset(torch.zeros(3, 1, 8, 8), torch.tensor([0, 0, 1]))
+    torch.testing.assert_close(remedies.label_prior(data, 3), torch.tensor([3.0, 2.0, 1.0]) / 6.0)
+
+
+def test_logit_adjusted_step_equals_a_hand_computed_sgd_step():
+    data = toy_data(12)
+    tau, lr = 1.0, 0.1
+    torch.manual_seed(5)
+    model = MoEClassifier(4, [0, 3], gate_seed=2, **SMALL)
+    reference = MoEClassifier(4, [0, 3], gate_seed=2, **SMALL)
+    reference.load_state_dict(model.state_dict())
+    # One batch holding every sample: one SGD step (momentum's first step is the plain gradient step).
+    train_local(model, data, epochs=1, batch_size=len(data), lr=lr, seed=0, logit_adjust=tau)
+    images, labels = data[:]
+    shift = tau * torch.log(remedies.label_prior(data, 4))
+    reference.train()
+    reference.zero_grad()
+    F.cross_entropy(reference(images) + shift, labels).backward()
+    with torch.no_grad():
+        for name, param in reference.named_parameters():
+            torch.testing.assert_close(model.state_dict()[name], param - lr * param.grad, rtol=1e-4, atol=1e-6)
+    plain = MoEClassifier(4, [0, 3], gate_seed=2, **SMALL)
+    plain.load_state_dict(reference.state_dict())
+    with pytest.raises(ValueError, match="logit_adjust"):
+        train_local(plain, data, epochs=1, batch_size=4, lr=lr, seed=0, logit_adjust=-1.0)
