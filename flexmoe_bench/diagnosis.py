@@ -18,7 +18,9 @@ measures the mechanism behind a sparse model's gap:
 The class mix comes in two forms: `class-mix-top1` is the `expert-class-counts` the clients
 report (the labels of the samples whose top-1 held expert it was), `class-mix-routed` the holders'
 training-label histograms weighted by the share of their samples routed to the expert (usage /
-examples; with k = r every held expert sees every sample, so this is what trained it).
+examples; with k = r every held expert sees every sample, so this is what trained it). The classes
+its holders "had" in a round are those with at least `--seen-share` of that mix; the probe's
+per-class drop is averaged over them and over the others (`drop-seen-classes`, `drop-unseen-classes`).
 
 Writes to `--out`: diagnosis.json (everything, with the run config), experts.csv, clients.csv,
 forgetting.png, class-drop.png, clients.png, and the run's own results under run/ (and dense/).
@@ -285,8 +287,15 @@ def label_histograms(settings: Settings, clients: Mapping[int, Client]) -> dict[
 
 
 def expert_rows(
-    settings: Settings, run: SnapshotRun, clients: Mapping[int, Client], images: torch.Tensor, labels: torch.Tensor
+    settings: Settings,
+    run: SnapshotRun,
+    clients: Mapping[int, Client],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    seen_share: float = 0.05,
 ) -> list[dict[str, Any]]:
+    """One row per (round, expert). A class is one the expert's holders "had" that round when it is at
+    least `seen_share` of the samples routed to the expert (`class-mix-routed`)."""
     E, C = settings.num_experts, spec_of(settings.dataset).num_classes
     by_id = {
         NodeSettings.from_node_config(n.context.node_config, settings, n.node_id).client_id: n for n in clients.values()
@@ -309,7 +318,7 @@ def expert_rows(
                 if P.EXPERT_CLASS_COUNTS in reply:
                     top1 += np.asarray(reply[P.EXPERT_CLASS_COUNTS], dtype=np.float64).reshape(E, C)[e]
             drop = before_c[e] - after_c[e]
-            seen = routed > 0
+            seen = routed >= seen_share * routed.sum() if routed.sum() > 0 else np.zeros(C, dtype=bool)
             rows.append(
                 {
                     "round": t,
@@ -489,6 +498,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=APP_DIR / "results" / "diagnosis")
     parser.add_argument("--probe-per-class", type=int, default=100, help="probe images per class (test split)")
     parser.add_argument("--probe-seed", type=int, default=0, help="the probe set's own seed (fixed across runs)")
+    parser.add_argument(
+        "--seen-share",
+        type=float,
+        default=0.05,
+        help="a class counts as one an expert's holders had when it is at least this share of its routed samples",
+    )
     parser.add_argument("--no-dense", action="store_true", help="skip the dense run of the same cell")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra run-config override")
     return parser.parse_args(argv)
@@ -528,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
                     ids = NodeSettings.from_node_config(node.context.node_config, settings, node.node_id)
                     dense[ids.client_id] = node.eval_accuracy[last]
     images, labels = probe_set(settings, args.probe_per_class, args.probe_seed)
-    experts = expert_rows(settings, run, clients, images, labels)
+    experts = expert_rows(settings, run, clients, images, labels, seen_share=args.seen_share)
     per_client = client_rows(settings, run, clients)
     for row in per_client:
         row["accuracy-dense-run"] = dense.get(row["client"])
