@@ -54,7 +54,9 @@ def test_tensorboard_scalars_equal_metrics_csv_and_the_heatmap_is_an_image(tmp_p
         points = events.Scalars(tracking.scalar_tag(column))
         assert [p.step for p in points] == [int(r["round"]) for r in rows]
         # TensorBoard stores float32
-        assert [p.value for p in points] == pytest.approx([float(r[column]) for r in rows], rel=1e-6, abs=1e-30)
+        assert [p.value for p in points] == pytest.approx(
+            [float(r[column]) for r in rows], rel=1e-6, abs=1e-30, nan_ok=True
+        )  # undefined in a round (the class entropy of an expert nobody routed to) is NaN in both
     share = [p.value for p in events.Scalars(tracking.SERVER_SHARE_TAG)]
     expected = [float(r["server-seconds"]) / float(r["round-seconds"]) for r in rows]
     assert share == pytest.approx(expected, rel=1e-6)
