@@ -24,7 +24,7 @@ from flwr.serverapp.strategy import Strategy
 
 from flexmoe_core import protocol as P
 from flexmoe_core.aggregation import download_keys
-from flexmoe_core.assignment import LoadTracker
+from flexmoe_core.assignment import LoadTracker, prepare_solver
 from flexmoe_core.config import Settings
 from flexmoe_core.fitness import FitnessTable
 from flexmoe_core.remedies import expert_server_step, holder_counts, step_is_default
@@ -53,6 +53,8 @@ class FlexMoEStrategy(Strategy):
         self.plan: RoundPlan | None = None
         self.arrays = ArrayCache()
         self.dense_record_bytes = array_record_bytes(to_record(self.state.global_state))
+        if settings.assignment == "flexmoe":
+            prepare_solver(settings.solver)
 
     # ------------------------------------------------------------------ server state
     @property

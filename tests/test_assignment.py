@@ -366,3 +366,14 @@ def test_fast_and_cvxpy_paths_reach_the_same_optimum_with_a_deficit(kind):
     assert float(np.sum(weights * x_fast)) == pytest.approx(
         reference_optimum(weights, capacity, l_min, l_max), rel=1e-9
     )
+
+
+def test_prepare_solver_names_the_setting_for_an_unknown_solver_and_loads_cvxpy():
+    import sys
+
+    from flexmoe_core.assignment import prepare_solver
+
+    with pytest.raises(ValueError, match="solver"):
+        prepare_solver("simplex")
+    prepare_solver("auto")
+    assert "cvxpy" in sys.modules
