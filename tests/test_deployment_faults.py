@@ -93,7 +93,10 @@ def submit(dep: Deployment, config: str) -> str:
 
 
 def comparable(rounds: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING} for r in rounds]
+    """Everything a round learned and measured, less wall times and wire bytes: every message's
+    metadata carries the run id and node ids, random per run, whose varint length differs by a byte
+    between two runs (the arrays' bytes are the same)."""
+    return [{k: v for k, v in r.items() if k not in TIMING and not k.startswith("bytes-")} for r in rounds]
 
 
 def peak_memory_mib(root: int, name: str = "flower-superlink") -> float:
