@@ -139,7 +139,7 @@ def centered_clip(
     for group, (keys, holders) in sorted(groups.items(), key=lambda item: item[0] != "extractor"):
         ref = _flat_reference(refs, keys, global_state)
         weights = _weights(updates, holders, group)
-        limit = tau if tau > 0.0 else pooled[_kind(group)]
+        limit = tau if tau > 0.0 else pooled[group_kind(group)]
         if direction_reference == "round":  # this round's clipped consensus, before the check
             direction = ref + _step(deltas, group, holders, weights, limit)
         else:
@@ -187,7 +187,8 @@ def group_of(key: str) -> str | None:
     return "extractor" if is_extractor(key) else None
 
 
-def _kind(group: str) -> str:
+def group_kind(group: str) -> str:
+    """'extractor' or 'expert': the groups whose update norms are pooled together."""
     return "extractor" if group == "extractor" else "expert"
 
 
@@ -224,7 +225,7 @@ def _weights(updates: Sequence[ClientUpdate], holders: list[int], group: str) ->
 def _pooled_taus(deltas: Mapping[tuple[str, int], np.ndarray], clip_factor: float) -> dict[str, float]:
     norms: dict[str, list[float]] = {}
     for (group, _), d in deltas.items():
-        norms.setdefault(_kind(group), []).append(float(np.linalg.norm(d)))
+        norms.setdefault(group_kind(group), []).append(float(np.linalg.norm(d)))
     return {kind: clip_factor * float(np.median(values)) for kind, values in norms.items()}
 
 

@@ -43,8 +43,7 @@ import numpy as np
 
 from flexmoe_core import checks
 from flexmoe_core.aggregation import ClientUpdate, State, aggregate
-from flexmoe_core.centered_clip import centered_clip
-from flexmoe_core.protocol import expert_of, is_extractor
+from flexmoe_core.centered_clip import centered_clip, group_kind, group_of
 
 ROBUST_METHODS = ("none", "norm-clip", "trimmed-mean", "median", "centered-clip")
 
@@ -73,7 +72,7 @@ def robust_aggregate(
     # Validation (keys, shapes, experts) as in plain aggregation, then replace every held group.
     result = aggregate(global_state, updates, num_experts)
     for group, holders in _groups(updates).items():
-        keys = [k for k in global_state if _group_of(k) == group]
+        keys = [k for k in global_state if group_of(k) == group]
         for key in keys:
             stack = np.stack([np.asarray(updates[i].state[key], dtype=np.float64) for i in holders])
             value = _coordinatewise(stack, method, trim_fraction)
@@ -92,14 +91,14 @@ def clip_updates(global_state: State, updates: Sequence[ClientUpdate], clip_fact
     """Each client's update clipped per group to clip_factor x the pooled median norm of its kind."""
     norms = {(i, g): _update_norm(global_state, u, g) for i, u in enumerate(updates) for g in _held_groups(u)}
     bound = {
-        kind: clip_factor * float(np.median([n for (_, g), n in norms.items() if _kind(g) == kind]))
-        for kind in {_kind(g) for _, g in norms}
+        kind: clip_factor * float(np.median([n for (_, g), n in norms.items() if group_kind(g) == kind]))
+        for kind in {group_kind(g) for _, g in norms}
     }
     clipped = []
     for i, update in enumerate(updates):
         state = dict(update.state)
         for group in _held_groups(update):
-            norm, limit = norms[(i, group)], bound[_kind(group)]
+            norm, limit = norms[(i, group)], bound[group_kind(group)]
             if norm > limit:
                 scale = limit / norm
                 for key in _keys(update, group):
@@ -113,24 +112,12 @@ def clip_updates(global_state: State, updates: Sequence[ClientUpdate], clip_fact
 # ----------------------------------------------------------------------------- helpers
 
 
-def _group_of(key: str) -> str | None:
-    """'extractor' or 'expert-<e>' for an exchanged key; None for a gate key."""
-    expert = expert_of(key)
-    if expert is not None:
-        return f"expert-{expert}"
-    return "extractor" if is_extractor(key) else None
-
-
-def _kind(group: str) -> str:
-    return "extractor" if group == "extractor" else "expert"
-
-
 def _held_groups(update: ClientUpdate) -> list[str]:
-    return sorted({g for g in map(_group_of, update.state) if g is not None})
+    return sorted({g for g in map(group_of, update.state) if g is not None})
 
 
 def _keys(update: ClientUpdate, group: str) -> list[str]:
-    return [k for k in update.state if _group_of(k) == group]
+    return [k for k in update.state if group_of(k) == group]
 
 
 def _groups(updates: Sequence[ClientUpdate]) -> dict[str, list[int]]:
