@@ -109,7 +109,7 @@ def expected_bytes_ratio(settings: Settings) -> float:
 def summarise(method: str, results_dir: Path, wall_seconds: float) -> dict[str, Any]:
     """Final-round accuracy; balance and bytes averaged over rounds (what a deployment pays)."""
     rounds = json.loads((results_dir / "metrics.json").read_text())
-    settings = Settings.from_run_config(json.loads((results_dir / "config.json").read_text()))
+    config = json.loads((results_dir / "config.json").read_text())
     last = rounds[-1]
 
     def mean(key: str) -> float:
@@ -130,7 +130,8 @@ def summarise(method: str, results_dir: Path, wall_seconds: float) -> dict[str, 
         "bytes-up-per-client": mean("bytes-up-per-client"),
         "bytes-total-per-client": mean("bytes-total-per-client"),
         "bytes-total-vs-dense": mean("bytes-total-vs-dense"),
-        "bytes-expected-vs-dense": expected_bytes_ratio(settings),
+        # `local` (flexmoe_bench.local) sends nothing; every other method is an app run.
+        "bytes-expected-vs-dense": 0.0 if method == "local" else expected_bytes_ratio(Settings.from_run_config(config)),
         "server-overhead": server / total if total else float("nan"),
         "wall-seconds": wall_seconds,
         "rounds": len(rounds),

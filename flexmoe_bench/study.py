@@ -16,6 +16,10 @@ from typing import Any
 
 from flexmoe_core.config import ASSIGNMENT_METHODS
 
+# Methods the bench runs itself, outside Flower (flexmoe_bench.local): references, not rules.
+BENCH_METHODS = ("local",)
+STUDY_METHODS = (*ASSIGNMENT_METHODS, *BENCH_METHODS)
+
 
 @dataclass(frozen=True)
 class Cell:
@@ -46,9 +50,9 @@ def expand(study: dict[str, Any]) -> list[Cell]:
         if not name:
             raise SystemExit("study file: every [[group]] needs a name")
         methods = group.get("methods", [])
-        unknown = [m for m in methods if m not in ASSIGNMENT_METHODS]
+        unknown = [m for m in methods if m not in STUDY_METHODS]
         if not methods or unknown:
-            raise SystemExit(f"study file: group {name!r} methods must be some of {ASSIGNMENT_METHODS}, got {methods}")
+            raise SystemExit(f"study file: group {name!r} methods must be some of {STUDY_METHODS}, got {methods}")
         vary = group.get("vary", {})
         seeds = group.get("seeds", meta.get("seeds", [42]))
         clients = group.get("num-supernodes", meta.get("num-supernodes", 10))

@@ -33,7 +33,7 @@ from typing import Any
 
 import tomllib
 
-from flexmoe_bench import machine
+from flexmoe_bench import local, machine
 from flexmoe_bench.experiment import APP_DIR, _defaults, summarise
 from flexmoe_bench.launcher import RunOutcome, SimulationSuperLink
 from flexmoe_bench.study import Cell, expand, holding_counts, select
@@ -74,7 +74,11 @@ def validate(cells: list[Cell], results_root: Path) -> None:
     defaults = _defaults()
     for cell in cells:
         try:
-            Settings.from_run_config({**defaults, **cell.overrides, "results-dir": str(results_root / cell.id)})
+            run_config = {**cell.overrides, "results-dir": str(results_root / cell.id)}
+            if cell.method == local.METHOD:
+                local.settings_of(run_config, defaults)
+            else:
+                Settings.from_run_config({**defaults, **run_config})
         except (ValueError, SystemExit) as err:
             errors.append(f"{cell.id}: {err}")
     if errors:
@@ -320,6 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             superlink.federation_config["num-supernodes"] = cell.num_supernodes
             print(f"--- {cell.id}: {cell.num_supernodes} clients", flush=True)
             run_config = {**cell.overrides, "results-dir": str(results / cell.id)}
+            if cell.method == local.METHOD:
+                return run_local(cell, results / cell.id)
             if args.tracking != "none":  # not in the cell's overrides: a summary's run config stays the grid's
                 run_config["tracking"] = args.tracking
             return superlink.run(APP_DIR, run_config, echo=False)
@@ -340,6 +346,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run_local(cell: Cell, results_dir: Path) -> RunOutcome:
+    """A `local` cell, in this process (flexmoe_bench.local); a failure is reported like a failed run."""
+    started = time.perf_counter()
+    try:
+        settings = local.settings_of({**cell.overrides, "results-dir": str(results_dir)}, _defaults())
+        local.run(settings, cell.overrides, cell.num_supernodes, results_dir)
+    except (OSError, ValueError, RuntimeError) as err:
+        return RunOutcome(None, "failed (local)", time.perf_counter() - started, f"{type(err).__name__}: {err}\n")
+    return RunOutcome(None, "completed (local)", time.perf_counter() - started, "")
+
+
 def _verify_main(args: argparse.Namespace, cells: list[Cell], summaries: Path) -> int:
     chosen = pick_for_verify(cells, summaries, args.verify, args.verify_seed)
     platform = machine.describe(client_cpus=CLIENT_CPUS)
@@ -347,6 +364,8 @@ def _verify_main(args: argparse.Namespace, cells: list[Cell], summaries: Path) -
     with SimulationSuperLink(chosen[0].num_supernodes) as superlink:
 
         def run(cell: Cell, results_dir: Path) -> RunOutcome:
+            if cell.method == local.METHOD:
+                return run_local(cell, results_dir)
             superlink.federation_config["num-supernodes"] = cell.num_supernodes
             return superlink.run(APP_DIR, {**cell.overrides, "results-dir": str(results_dir)}, echo=False)
 

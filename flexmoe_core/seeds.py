@@ -25,3 +25,14 @@ def derive_seed(seed: int, *parts: object) -> int:
 def round_rng(seed: int, purpose: str, server_round: int) -> np.random.Generator:
     """A fresh generator for one purpose in one round: nothing a previous round drew can shift it."""
     return np.random.default_rng(derive_seed(seed, purpose, server_round))
+
+
+def fixed_cohort(seed: int, client_ids: list[str], size: int) -> list[str]:
+    """`size` of `client_ids` drawn once from `seed` (setting `eval-cohort`), sorted.
+
+    One rule for the server's evaluation cohort and for baselines run outside Flower (the bench's
+    `local`), so both evaluate exactly the same clients."""
+    known = sorted(client_ids)
+    rng = round_rng(seed, "eval-cohort", 0)
+    chosen = rng.choice(len(known), size=min(int(size), len(known)), replace=False)
+    return sorted(known[i] for i in chosen)

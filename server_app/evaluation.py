@@ -14,14 +14,13 @@ from flexmoe_core import protocol as P
 from flexmoe_core.config import Settings
 from flexmoe_core.remedies import adapted_outcome
 from flexmoe_core.replies import ClientInfo, ReplyError, validate_eval_reply
-from flexmoe_core.seeds import round_rng
+from flexmoe_core.seeds import fixed_cohort
 from server_app.planning import RoundPlan
 from server_app.records import message_bytes
 
 log = logging.getLogger("flexmoe.server")
 
 EVAL_ASSIGNMENT_STREAM = "eval-assignment"
-EVAL_COHORT_STREAM = "eval-cohort"
 
 # (clients, round, stream) -> the (N, E) assignment the method's own rule gives them now.
 Decide = Callable[[list[ClientInfo], int, str], np.ndarray]
@@ -56,10 +55,7 @@ def targets(
 
 def draw_cohort(settings: Settings, nodes: Mapping[int, ClientInfo]) -> list[str]:
     """The fixed evaluation cohort: `eval-cohort` client ids drawn from the seed among those known."""
-    known = sorted(info.client_id for info in nodes.values())
-    rng = round_rng(settings.seed, EVAL_COHORT_STREAM, 0)
-    size = min(settings.eval_cohort, len(known))
-    cohort = sorted(known[i] for i in rng.choice(len(known), size=size, replace=False))
+    cohort = fixed_cohort(settings.seed, [info.client_id for info in nodes.values()], settings.eval_cohort)
     log.info("evaluation cohort (fixed for the run): %s", ", ".join(cohort))
     return cohort
 
