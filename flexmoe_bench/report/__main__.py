@@ -16,6 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flexmoe_bench.report", description=__doc__.splitlines()[0])
     parser.add_argument("--summaries", type=Path, default=ROOT / "docs" / "study" / "runs")
     parser.add_argument("--study", type=Path, default=ROOT / "conf" / "study.toml")
+    parser.add_argument("--regimes-summaries", type=Path, default=ROOT / "docs" / "regimes" / "runs")
+    parser.add_argument(
+        "--regimes-study",
+        type=Path,
+        default=ROOT / "conf" / "regimes.toml",
+        help="the regime grid, reported in its own section; '' for none",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
     parser.add_argument(
@@ -28,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in (("--summaries", args.summaries), ("--study", args.study)):
         if not path.exists():
             raise SystemExit(f"{name}: no such path {path}")
-    path = write_report(args.summaries.resolve(), args.study.resolve(), args.out.resolve(), args.figures.resolve())
+    regimes = (args.regimes_summaries.resolve(), args.regimes_study.resolve()) if str(args.regimes_study) else None
+    if regimes and not regimes[1].is_file():
+        raise SystemExit(f"--regimes-study: no such file {args.regimes_study}")
+    path = write_report(
+        args.summaries.resolve(), args.study.resolve(), args.out.resolve(), args.figures.resolve(), regimes
+    )
     print(f"wrote {path} and its figures in {args.figures}")
     if args.readme and quote_in_readme(args.readme, path):
         print(f"updated the main table quoted in {args.readme}")

@@ -13,6 +13,7 @@ from typing import Any
 
 from flexmoe_bench.report.figures import Figures, draw_figures
 from flexmoe_bench.report.reading import beside_paper, reading, slack_bounds
+from flexmoe_bench.report.regimes import regimes_section
 from flexmoe_bench.report.summaries import ROOT, Grid, Runs, convergence_matches_main, load_summaries
 from flexmoe_bench.report.tables import (
     TARGET_SHARE,
@@ -59,7 +60,15 @@ VERDICT_RULE = (
 Image = Callable[[str, str], str]  # (alt text, figure file name) -> the markdown image line
 
 
-def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path) -> Path:
+def write_report(
+    summaries_dir: Path,
+    study_file: Path,
+    out: Path,
+    figures: Path,
+    regimes: tuple[Path, Path] | None = None,
+) -> Path:
+    """docs/results.md from the study's summaries; `regimes` = (summaries dir, study file) of the
+    regime grid adds its section ("When does balance matter?", flexmoe_bench.report.regimes)."""
     grid = Grid.read(study_file)
     loaded = load_summaries(summaries_dir)
     runs = grid.current(loaded)
@@ -84,6 +93,7 @@ def write_report(summaries_dir: Path, study_file: Path, out: Path, figures: Path
         *_head_to_head_section(head_to_head),
         *(_convergence_section(runs, grid, drawn, image) if grid.has_convergence else []),
         *_paper_section(runs),
+        *(regimes_section(*regimes, figures, image, _shown) if regimes else []),
         *_not_run_section(),
         *_missing_section(grid.missing(runs)),
     ]
