@@ -83,8 +83,10 @@ def test_a_family_is_compared_pairwise_and_holm_corrected_together():
     rows = compare(rr, regimes, [("flexmoe", "greedy")])
     base_d = [FLEX[s] - GREEDY[s] for s in (1, 2, 3)]
     alpha_d = [ALPHA_FLEX[s] - ALPHA_GREEDY[s] for s in (1, 2, 3)]
-    raw = [stats.ttest_rel(list(FLEX.values()), list(GREEDY.values())).pvalue,
-           stats.ttest_rel(list(ALPHA_FLEX.values()), list(ALPHA_GREEDY.values())).pvalue]
+    raw = [
+        stats.ttest_rel(list(FLEX.values()), list(GREEDY.values())).pvalue,
+        stats.ttest_rel(list(ALPHA_FLEX.values()), list(ALPHA_GREEDY.values())).pvalue,
+    ]
     for row, d, p in zip(rows, (base_d, alpha_d), holm(raw)):
         assert row.test.mean == pytest.approx(np.mean(d))
         half = stats.t.ppf(0.975, 2) * np.std(d, ddof=1) / np.sqrt(3)
