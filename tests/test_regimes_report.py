@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from flexmoe_bench.report.regimes import RegimeRuns, compare, mechanism_rows, pooled, regimes_section, score
+from flexmoe_bench.report.regimes import (
+    RegimeRuns,
+    compare,
+    flatness_line,
+    mechanism_rows,
+    pooled,
+    regimes_section,
+    score,
+)
 from flexmoe_bench.report.stats import holm
 from flexmoe_bench.report.summaries import Runs
 
@@ -117,10 +125,21 @@ def test_the_section_has_its_tables_figures_and_missing_cells(tmp_path: Path):
             (runs_dir / f"{s['cell']}.json").write_text(json.dumps(s))
     lines = regimes_section(runs_dir, study, tmp_path / "fig", lambda alt, name: f"![{alt}]({name})", lambda p: p)
     text = "\n".join(lines)
-    assert "Cells done: 17 of 18" in text and "base-local-s3" in text.split("### Cells not run yet")[1]
+    assert "Cells done: 17 of 18" in text
+    assert "1 cells, per group: base 1. They are: base-local-s3." in text
+
     assert "| base | flexmoe − dense |" in text and "| base | dense − local |" in text
     assert "0.9000 ± 0.0000 (n=2)" in text  # local's base score over the 2 seeds it has
     assert "Dirichlet α = 0.3 (base)" in text  # the base cell named on its axis
     assert "**better**" in text
     assert (tmp_path / "fig" / "regimes_gaps.png").stat().st_size > 1000
     assert (tmp_path / "fig" / "regimes_mechanism.png").stat().st_size > 1000
+
+
+def test_flatness_compares_dense_last_five_rounds_with_the_five_before():
+    dense = run("base", "dense", 2, 0.8, 0.0)
+    dense["curves"]["accuracy"] = [0.1] * 2 + [0.50, 0.52, 0.54, 0.56, 0.58] + [0.60, 0.61, 0.62, 0.63, 0.64]
+    line = flatness_line(RegimeRuns(Runs([dense])))
+    assert "seed 2 +0.0800" in line  # 0.62 - 0.54
+    short = run("base", "dense", 1, 0.8, 0.0)  # 6 rounds: no 5 rounds before the last 5
+    assert flatness_line(RegimeRuns(Runs([short]))) == ""

@@ -316,6 +316,8 @@ def regimes_section(
         "",
         rows_table(compare(rr, base_regime, [(METHOD, m) for m in present if m != METHOD]), base),
         "",
+        flatness_line(rr),
+        "",
     ]
     families = []
     for axis, groups in AXES:
@@ -384,6 +386,32 @@ def regimes_section(
         "",
     ]
     body += [image("accuracy gap against load gap across regimes", scatter), ""] if scatter else []
-    missing = grid.missing(runs)
-    body += ["### Cells not run yet", "", ", ".join(c.id for c in missing) if missing else "None.", ""]
-    return [*head, *body]
+    return [*head, *body, *missing_lines(grid.missing(runs))]
+
+
+def flatness_line(rr: RegimeRuns) -> str:
+    """Is the base sound? Dense's mean over its last 5 rounds minus the 5 rounds before, per seed."""
+    changes = []
+    for r in sorted(rr.runs.select(BASE, "dense"), key=lambda r: r["seed"]):
+        curve = r["curves"]["accuracy"]
+        if len(curve) >= 10:
+            change = last_rounds_mean(curve) - last_rounds_mean(curve[:-5])
+            changes.append(f"seed {r['seed']} {change:+.4f}")
+    if not changes:
+        return ""
+    return (
+        "Base soundness: dense's mean accuracy over the last 5 rounds minus its mean over the 5 rounds "
+        f"before ({', '.join(changes)}); a flat curve stays within about ±0.01."
+    )
+
+
+def missing_lines(missing: Sequence[Any]) -> list[str]:
+    """The cells without a summary: counted per group, and named when there are few."""
+    if not missing:
+        return ["### Cells not run yet", "", "None.", ""]
+    per_group: dict[str, int] = {}
+    for cell in missing:
+        per_group[cell.group] = per_group.get(cell.group, 0) + 1
+    counts = ", ".join(f"{group} {n}" for group, n in per_group.items())
+    named = f" They are: {', '.join(c.id for c in missing)}." if len(missing) <= 30 else ""
+    return ["### Cells not run yet", "", f"{len(missing)} cells, per group: {counts}.{named}", ""]
