@@ -211,6 +211,10 @@ def test_committed_regime_grid_runs_the_balancing_baselines_in_every_regime():
     for group in groups - {"base-no-history"}:
         methods = {c.method for c in cells if c.group == group}
         assert {"flexmoe", "greedy", "bias-greedy", "sinkhorn", "dense"} <= methods, group
-    assert {c.method for c in cells if c.group == "base"} >= {"random", "static"}
+    assert {c.method for c in cells if c.group == "base"} >= {"random", "static", "local"}
+    # the local reference sits where label skew makes it informative, and nowhere else
+    assert {c.group for c in cells if c.method == "local"} == {"base", "alpha", "classes-2"}
     assert all(c.overrides["fraction-train"] * c.num_supernodes == 10 for c in cells)  # 10 per round
-    assert len(cells) == 240 and {c.seed for c in cells} == {1, 2, 3, 4, 5}
+    assert all(c.overrides["num-server-rounds"] == 40 for c in cells)  # the base that converges
+    # 5 seeds x (8 base + 1 no-history + 2x5 experts + 5 + 5 clients + 2x6 alpha + 6 classes + 5)
+    assert len(cells) == 260 and {c.seed for c in cells} == {1, 2, 3, 4, 5}
