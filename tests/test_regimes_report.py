@@ -11,7 +11,10 @@ from scipy import stats
 
 from flexmoe_bench.report.regimes import (
     RegimeRuns,
+    churn_points,
     compare,
+    distinct_experts,
+    expert_rounds,
     flatness_line,
     mechanism_rows,
     pooled,
@@ -143,3 +146,17 @@ def test_flatness_compares_dense_last_five_rounds_with_the_five_before():
     assert "seed 2 +0.0800" in line  # 0.62 - 0.54
     short = run("base", "dense", 1, 0.8, 0.0)  # 6 rounds: no 5 rounds before the last 5
     assert flatness_line(RegimeRuns(Runs([short]))) == ""
+
+
+def test_churn_counts_the_distinct_experts_each_client_trained_and_finds_the_ablation_group():
+    sticky = run("base-fitness-0", "flexmoe", 1, 0.8, 0.3)
+    sticky["holding"] = {"a": [3, 3, 0, 0], "b": [0, 0, 2, 2], "idle": [0, 0, 0, 0]}  # idle never trained: ignored
+    churny = run("base", "flexmoe", 1, 0.7, 0.2)
+    churny["holding"] = {"a": [1, 1, 1, 1], "b": [1, 0, 1, 0]}
+    assert distinct_experts(sticky) == 2.0 and expert_rounds(sticky) == 5.0  # (2 + 2) / 2, (6 + 4) / 2
+    assert distinct_experts(churny) == 3.0 and expert_rounds(churny) == 3.0  # (4 + 2) / 2, (4 + 2) / 2
+    rr = RegimeRuns(Runs([sticky, churny]))
+    # the ablation's report name reads its own group, in the base cell only
+    assert rr.scores("base", {}, "flexmoe-Q0=0") == {1: pytest.approx(0.8)}
+    points = churn_points(rr, ["flexmoe", "flexmoe-Q0=0", "dense"])  # dense is not sparse: no point
+    assert [(p["method"], p["distinct"]) for p in points] == [("flexmoe", 3.0), ("flexmoe-Q0=0", 2.0)]

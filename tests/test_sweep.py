@@ -208,7 +208,7 @@ def test_committed_regime_grid_runs_the_balancing_baselines_in_every_regime():
     cells = expand(tomllib.loads((APP_DIR / "conf" / "regimes.toml").read_text()))
     validate(cells, APP_DIR / "results" / "regimes")  # every cell's settings are valid
     groups = {c.group for c in cells}
-    for group in groups - {"base-no-history"}:
+    for group in groups - {"base-no-history", "base-fitness-0"}:
         methods = {c.method for c in cells if c.group == group}
         assert {"flexmoe", "greedy", "bias-greedy", "sinkhorn", "dense"} <= methods, group
     assert {c.method for c in cells if c.group == "base"} >= {"random", "static", "local"}
@@ -216,5 +216,5 @@ def test_committed_regime_grid_runs_the_balancing_baselines_in_every_regime():
     assert {c.group for c in cells if c.method == "local"} == {"base", "alpha", "classes-2"}
     assert all(c.overrides["fraction-train"] * c.num_supernodes == 10 for c in cells)  # 10 per round
     assert all(c.overrides["num-server-rounds"] == 40 for c in cells)  # the base that converges
-    # 5 seeds x (8 base + 1 no-history + 2x5 experts + 5 + 5 clients + 2x6 alpha + 6 classes + 5)
-    assert len(cells) == 260 and {c.seed for c in cells} == {1, 2, 3, 4, 5}
+    # 5 seeds x (8 base + 1 no-history + 2 fitness-0 + 2x5 experts + 5 + 5 clients + 2x6 alpha + 6 classes + 5)
+    assert len(cells) == 270 and {c.seed for c in cells} == {1, 2, 3, 4, 5}

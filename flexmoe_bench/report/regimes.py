@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from flexmoe_bench.report.stats import PairedTest, decide, last_rounds_mean, paired_test, pooled_signed_rank
 from flexmoe_bench.report.summaries import Grid, Runs, Summary
@@ -28,8 +29,14 @@ from flexmoe_bench.report.tables import TEST_HEADER, fmt_p, fmt_seeds, fmt_test,
 
 METHOD = "flexmoe"
 BALANCING = ("greedy", "bias-greedy", "sinkhorn")  # the rules FLEX-MoE is compared with everywhere
-SPARSE = ("flexmoe", "greedy", "bias-greedy", "sinkhorn", "random", "static", "no-history")
 NO_HISTORY = "no-history"  # FLEX-MoE with deficit-weight 0 (group base-no-history)
+# The base cell's ablations, each a group of its own: report name -> (group, method).
+ABLATIONS = {
+    NO_HISTORY: ("base-no-history", "flexmoe"),
+    "flexmoe-Q0=0": ("base-fitness-0", "flexmoe"),  # initial-fitness 0: no optimistic exploration
+    "greedy-Q0=0": ("base-fitness-0", "greedy"),
+}
+SPARSE = ("flexmoe", "greedy", "bias-greedy", "sinkhorn", "random", "static", *ABLATIONS)
 BASE = "base"
 
 # The axes: a family name, the groups it adds to the base cell, and how a regime is named.
@@ -89,16 +96,20 @@ class RegimeRuns:
     def __init__(self, runs: Runs) -> None:
         self.runs = runs
 
+    def select(self, group: str, varied: Mapping[str, Any], method: str) -> list[Summary]:
+        """The runs of a method in a regime; an ablation's name stands for its own group in the base cell."""
+        if group == BASE and method in ABLATIONS:
+            group, method = ABLATIONS[method]
+        return self.runs.select(group, method, **varied)
+
     def scores(self, group: str, varied: Mapping[str, Any], method: str) -> dict[int, float]:
-        """seed -> score; `no-history` is the base-no-history group's FLEX-MoE."""
-        if method == NO_HISTORY:
-            group, method = "base-no-history", METHOD
-        return {r["seed"]: score(r) for r in self.runs.select(group, method, **varied)}
+        """seed -> score."""
+        return {r["seed"]: score(r) for r in self.select(group, varied, method)}
 
     def mean_of(self, group: str, varied: Mapping[str, Any], method: str, key: str) -> dict[int, float]:
         """seed -> the run's per-round mean of a curve (load CV, starved experts ...)."""
         out = {}
-        for r in self.runs.select(group, method, **varied):
+        for r in self.select(group, varied, method):
             values = [v for v in r["curves"].get(key, []) if v is not None]
             if values:
                 out[r["seed"]] = float(np.mean(values))
@@ -205,6 +216,117 @@ def mechanism_rows(rr: RegimeRuns, regimes: Sequence[Regime]) -> list[dict[str, 
     return out
 
 
+# ------------------------------------------------------------------ churn
+
+
+CHURN_PAIRS = (
+    ("flexmoe-Q0=0", "flexmoe"),
+    ("greedy-Q0=0", "greedy"),
+    ("flexmoe-Q0=0", "static"),
+    ("flexmoe-Q0=0", "dense"),
+)
+
+
+def distinct_experts(run: Summary) -> float:
+    """Mean over the clients that trained of how many different experts each held over the run."""
+    rows = [np.asarray(v) for v in run.get("holding", {}).values() if sum(v)]
+    return float(np.mean([(row > 0).sum() for row in rows])) if rows else math.nan
+
+
+def expert_rounds(run: Summary) -> float:
+    """Mean over the clients that trained of the expert-rounds each held (participations x k)."""
+    rows = [sum(v) for v in run.get("holding", {}).values() if sum(v)]
+    return float(np.mean(rows)) if rows else math.nan
+
+
+def churn_points(rr: RegimeRuns, methods: Sequence[str]) -> list[dict[str, Any]]:
+    """One point per (sparse method, seed) of the base cell: distinct experts per client and score."""
+    return [
+        {"method": m, "seed": r["seed"], "distinct": distinct_experts(r), "held": expert_rounds(r), "score": score(r)}
+        for m in methods
+        if m in SPARSE
+        for r in rr.select(BASE, {}, m)
+    ]
+
+
+def churn_table(points: Sequence[Mapping[str, Any]], num_experts: Any) -> str:
+    header = (
+        "method",
+        "score",
+        f"distinct experts a client held (of {num_experts})",
+        "expert-rounds per client",
+        "seeds",
+    )
+    body = []
+    for method in dict.fromkeys(p["method"] for p in points):
+        mine = [p for p in points if p["method"] == method]
+        distinct = [p["distinct"] for p in mine]
+        body.append(
+            [
+                method,
+                f"{np.mean([p['score'] for p in mine]):.4f}",
+                f"{np.mean(distinct):.2f} ± {np.std(distinct, ddof=1) if len(distinct) > 1 else 0.0:.2f}",
+                f"{np.mean([p['held'] for p in mine]):.1f}",
+                len(mine),
+            ]
+        )
+    return table(header, body)
+
+
+def churn_figure(points: Sequence[Mapping[str, Any]], references: Mapping[str, float], path: Path) -> str | None:
+    """Score against distinct experts held per client, one point per (method, seed); dense/local as lines."""
+    from flexmoe_bench.report.figures import _plt, _save
+
+    if not points:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.8, 4.2))
+    for i, method in enumerate(dict.fromkeys(p["method"] for p in points)):
+        mine = [p for p in points if p["method"] == method]
+        ax.scatter([p["distinct"] for p in mine], [p["score"] for p in mine], color=f"C{i}", label=method, s=22)
+    for j, (name, value) in enumerate(references.items()):
+        ax.axhline(value, color="black", linestyle=("--", ":")[j % 2], linewidth=0.9, label=f"{name} (mean)")
+    ax.set_xlabel("distinct experts a client held over the run (mean over clients)")
+    ax.set_ylabel("score: cohort accuracy, mean of last 5 rounds")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def churn_lines(
+    rr: RegimeRuns, present: Sequence[str], base: Mapping[str, Any], figures: Path, image: Image
+) -> list[str]:
+    """Does a client's assignment churn explain the sparse methods' order in the base cell?"""
+    points = churn_points(rr, present)
+    if not points:
+        return []
+    references = {m: float(np.mean(list(rr.scores(BASE, {}, m).values()))) for m in ("dense", "local") if m in present}
+    name = churn_figure(points, references, figures / "regimes_churn.png")
+    ok = [p for p in points if not math.isnan(p["distinct"])]
+    rho, p_rho = (
+        spearmanr([p["distinct"] for p in ok], [p["score"] for p in ok]) if len(ok) > 2 else (math.nan, math.nan)
+    )
+    pairs = [(a, b) for a, b in CHURN_PAIRS if a in present and b in present]
+    lines = [
+        "### Mechanism: assignment churn",
+        "",
+        "How many different experts a client trained over the run (from each summary's `holding` counts), "
+        "beside the score. The fitness table starts optimistic (`initial-fitness` 1.0, the best accuracy "
+        "score), so a client is sent to experts it has never held; `*-Q0=0` starts it at 0 instead "
+        "(group base-fitness-0, the one change).",
+        "",
+        churn_table(points, base.get("num-experts")),
+        "",
+        f"Across the {len(ok)} (method, seed) points: Spearman ρ = {rho:+.2f} (p = {fmt_p(p_rho)}), "
+        "descriptive (points of one seed share partitions and are not independent).",
+        "",
+    ]
+    if pairs:
+        lines += [rows_table(compare(rr, [Regime("base", BASE, ())], pairs), base), ""]
+    return lines + ([image("score against distinct experts held per client, base cell", name), ""] if name else [])
+
+
 # ------------------------------------------------------------------ figures
 
 
@@ -307,7 +429,7 @@ def regimes_section(
         return [*head, "No regime cell has a summary yet.", ""]
     rr = RegimeRuns(runs)
     base_regime = [Regime("base", BASE, ())]
-    methods = ["flexmoe", "greedy", "bias-greedy", "sinkhorn", "no-history", "random", "static", "dense", "local"]
+    methods = ["flexmoe", "greedy", "bias-greedy", "sinkhorn", *ABLATIONS, "random", "static", "dense", "local"]
     present = [m for m in methods if rr.scores(BASE, {}, m)]
     body = [
         "### The base cell",
@@ -386,6 +508,7 @@ def regimes_section(
         "",
     ]
     body += [image("accuracy gap against load gap across regimes", scatter), ""] if scatter else []
+    body += churn_lines(rr, present, base, figures, image)
     return [*head, *body, *missing_lines(grid.missing(runs))]
 
 
