@@ -218,3 +218,33 @@ def test_committed_regime_grid_runs_the_balancing_baselines_in_every_regime():
     assert all(c.overrides["num-server-rounds"] == 40 for c in cells)  # the base that converges
     # 5 seeds x (8 base + 1 no-history + 2 fitness-0 + 2x5 experts + 5 + 5 clients + 2x6 alpha + 6 classes + 5)
     assert len(cells) == 270 and {c.seed for c in cells} == {1, 2, 3, 4, 5}
+
+
+def test_committed_remedy_grid_changes_one_setting_per_remedy_in_each_cell():
+    cells = expand(tomllib.loads((APP_DIR / "conf" / "remedies.toml").read_text()))
+    validate(cells, APP_DIR / "results" / "remedies")  # every cell's settings are valid
+    remedy_keys = {
+        "hidden": {"expert-kind"},
+        "server-step": {"expert-server-lr", "expert-server-momentum", "expert-step-scale"},
+        "prox": {"prox-mu"},
+        "logit-adjust": {"logit-adjust"},
+        "fitness-0": {"initial-fitness"},
+    }
+    faithful = {
+        (c.group.removeprefix("faithful-"), c.method, c.seed): c for c in cells if c.group.startswith("faithful-")
+    }
+    assert {m for (_, m, _) in faithful} == {"flexmoe", "greedy", "bias-greedy", "dense", "local"}
+    for cell in cells:
+        remedy, _, kind = cell.group.rpartition("-")
+        if remedy == "faithful":
+            continue
+        twin = faithful[(kind, cell.method, cell.seed)]
+        changed = {
+            k for k in cell.overrides.keys() | twin.overrides.keys() if cell.overrides.get(k) != twin.overrides.get(k)
+        }
+        assert changed == remedy_keys[remedy], cell.id
+        assert cell.num_supernodes == twin.num_supernodes
+    assert {c.num_supernodes for c in cells if c.group.endswith("-c200")} == {200}
+    sound = next(c for c in cells if c.group == "faithful-sb")
+    assert sound.overrides["num-server-rounds"] == 40 and sound.overrides["dirichlet-alpha"] == 0.3
+    assert len(cells) == 300 and {c.seed for c in cells} == {1, 2, 3, 4, 5}
