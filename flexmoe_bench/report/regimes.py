@@ -486,8 +486,8 @@ def regimes_section(
             (
                 "regime",
                 "baseline",
-                "accuracy gap",
-                "load-CV gap",
+                "accuracy gap (FLEX-MoE − baseline)",
+                "load-CV gap (baseline − FLEX-MoE)",
                 "starved experts/round, baseline",
                 "FLEX-MoE",
                 "seeds",
