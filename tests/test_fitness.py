@@ -203,3 +203,25 @@ def test_client_ids_must_be_strings():
         table.scores([1, 2])
     with pytest.raises(ValueError, match="single str"):
         table.scores("ab")
+
+
+@pytest.mark.parametrize("method", ["greedy", "flexmoe"])
+def test_the_initial_fitness_decides_whether_a_client_explores_or_stays_on_its_experts(method):
+    # The assignment-churn diagnosis (docs/results.md): 8 clients, E = 16, k = 2, client i trained
+    # experts 2i and 2i+1 once and scored 0.9 on both. Untried entries keep `initial`.
+    from flexmoe_core.assignment import assign
+
+    trained = [{2 * i, 2 * i + 1} for i in range(8)]
+    for initial, stays in ((1.0, False), (0.0, True)):
+        table = FitnessTable(16, initial=initial)
+        for i, experts in enumerate(trained):
+            accuracy = np.zeros(16)
+            accuracy[list(experts)] = 0.9
+            table.update(f"c{i}", sorted(experts), accuracy, np.zeros(16))
+        ids = [f"c{i}" for i in range(8)]
+        x = assign(table.scores(ids), 2, method, rng=0)
+        held = [set(np.flatnonzero(row).tolist()) for row in x]
+        if stays:  # 0.45 beats 0: every client keeps the pair it trained
+            assert held == trained
+        else:  # optimistic 1.0 beats 0.95: no client gets back an expert it trained
+            assert all(not (h & t) for h, t in zip(held, trained))
