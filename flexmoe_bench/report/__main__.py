@@ -12,6 +12,15 @@ from flexmoe_bench.report.document import quote_in_readme, write_report
 from flexmoe_bench.report.summaries import ROOT
 
 
+def _grid(path: Path, option: str) -> Path | None:
+    """A grid file to report, or None for '' (argparse turns '' into Path('.'))."""
+    if str(path) in ("", "."):
+        return None
+    if not path.is_file():
+        raise SystemExit(f"{option}: no such file {path}")
+    return path.resolve()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flexmoe_bench.report", description=__doc__.splitlines()[0])
     parser.add_argument("--summaries", type=Path, default=ROOT / "docs" / "study" / "runs")
@@ -22,6 +31,14 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=ROOT / "conf" / "regimes.toml",
         help="the regime grid, reported in its own section; '' for none",
+    )
+    parser.add_argument("--diagnosis", type=Path, default=ROOT / "docs" / "diagnosis")
+    parser.add_argument("--remedies-summaries", type=Path, default=ROOT / "docs" / "remedies" / "runs")
+    parser.add_argument(
+        "--remedies-study",
+        type=Path,
+        default=ROOT / "conf" / "remedies.toml",
+        help="the remedy grid, reported with the diagnoses in their own section; '' for none",
     )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
@@ -35,11 +52,15 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in (("--summaries", args.summaries), ("--study", args.study)):
         if not path.exists():
             raise SystemExit(f"{name}: no such path {path}")
-    regimes = (args.regimes_summaries.resolve(), args.regimes_study.resolve()) if str(args.regimes_study) else None
-    if regimes and not regimes[1].is_file():
-        raise SystemExit(f"--regimes-study: no such file {args.regimes_study}")
+    regimes_study = _grid(args.regimes_study, "--regimes-study")
+    remedies_study = _grid(args.remedies_study, "--remedies-study")
     path = write_report(
-        args.summaries.resolve(), args.study.resolve(), args.out.resolve(), args.figures.resolve(), regimes
+        args.summaries.resolve(),
+        args.study.resolve(),
+        args.out.resolve(),
+        args.figures.resolve(),
+        (args.regimes_summaries.resolve(), regimes_study) if regimes_study else None,
+        (args.diagnosis.resolve(), args.remedies_summaries.resolve(), remedies_study) if remedies_study else None,
     )
     print(f"wrote {path} and its figures in {args.figures}")
     if args.readme and quote_in_readme(args.readme, path):

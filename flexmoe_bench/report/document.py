@@ -7,11 +7,13 @@ then what varies around the reference setting, then what is not run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from flexmoe_bench.report.figures import Figures, draw_figures
+from flexmoe_bench.report.price import price_section
 from flexmoe_bench.report.reading import beside_paper, reading, slack_bounds
 from flexmoe_bench.report.regimes import regimes_section
 from flexmoe_bench.report.summaries import ROOT, Grid, Runs, convergence_matches_main, load_summaries
@@ -66,9 +68,11 @@ def write_report(
     out: Path,
     figures: Path,
     regimes: tuple[Path, Path] | None = None,
+    price: tuple[Path, Path, Path] | None = None,
 ) -> Path:
     """docs/results.md from the study's summaries; `regimes` = (summaries dir, study file) of the
-    regime grid adds its section ("When does balance matter?", flexmoe_bench.report.regimes)."""
+    regime grid adds its section ("When does balance matter?", flexmoe_bench.report.regimes), `price` =
+    (diagnosis dir, remedy summaries dir, remedy study file) the price section (flexmoe_bench.report.price)."""
     grid = Grid.read(study_file)
     loaded = load_summaries(summaries_dir)
     runs = grid.current(loaded)
@@ -80,6 +84,9 @@ def write_report(
 
     def image(alt: str, name: str) -> str:
         return f"![{alt}]({link}/{name})"
+
+    def relative(path: Path) -> str:
+        return Path(os.path.relpath(path, out.parent)).as_posix()
 
     text = [
         *_header(runs, grid, summaries_dir, study_file, ignored=len(loaded) - len(runs.all)),
@@ -94,6 +101,7 @@ def write_report(
         *(_convergence_section(runs, grid, drawn, image) if grid.has_convergence else []),
         *_paper_section(runs),
         *(regimes_section(*regimes, figures, image, _shown) if regimes else []),
+        *(price_section(*price, relative, _shown) if price else []),
         *_not_run_section(),
         *_missing_section(grid.missing(runs)),
     ]

@@ -1,0 +1,178 @@
+"""The price of holding k of E experts (issue #25): the diagnosis and the remedy grid, in docs/results.md.
+
+Two inputs, both committed: the diagnosis tool's outputs (docs/diagnosis/<name>/diagnosis.json, written
+by `python -m flexmoe_bench.diagnosis`, one seed of one cell each) and the summaries of the remedy grid
+(`conf/remedies.toml`, docs/remedies/runs/*.json). The grid's groups are named `<variant>-<cell>`:
+`faithful-c50` is the faithful method in cell c50, `fitness-0-c50` the same cell with one remedy on.
+Each remedy is tested against the faithful rule it modifies, and every sparse (variant, rule) against
+dense and against `local`, paired by seed, Holm across each cell's table (stats.decide).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from flexmoe_bench.report.regimes import score
+from flexmoe_bench.report.stats import PairedTest, decide, paired_test
+from flexmoe_bench.report.summaries import Grid, Runs, load_summaries
+from flexmoe_bench.report.tables import TEST_HEADER, fmt_seeds, fmt_test, table, test_cells
+
+FAITHFUL = "faithful"
+SPARSE = ("flexmoe", "greedy", "bias-greedy")
+REFERENCES = ("dense", "local")
+CELLS = {
+    "sb": "the regime grid's sound base (Dirichlet 0.3, 40 rounds)",
+    "c50": "issue #25's cross-device cell (Dirichlet 0.1, 50 clients, 10 per round, 20 rounds)",
+    "c200": "200 clients, 20 per round",
+}
+
+# What each diagnosis row shows: (column header, key of diagnosis.json's summary, format).
+DIAGNOSIS_COLUMNS = (
+    ("held experts", "clients-accuracy-held-mean", "{:.3f}"),
+    ("best k in hindsight", "clients-accuracy-best-k-mean", "{:.3f}"),
+    ("all E experts", "clients-accuracy-all-experts-mean", "{:.3f}"),
+    ("dense run", "clients-accuracy-dense-run-mean", "{:.3f}"),
+    ("held pair's rank (mean)", "clients-held-rank-mean", "{:.1f}"),
+    ("rounds a client trained", "clients-rounds-trained-mean", "{:.2f}"),
+    ("probe change, holders' classes", "drop-on-seen-classes-mean", "{:+.3f}"),
+    ("probe change, other classes", "drop-on-unseen-classes-mean", "{:+.3f}"),
+)
+
+
+# ------------------------------------------------------------------ diagnosis
+
+
+def read_diagnoses(folder: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(folder name, diagnosis.json) for every diagnosis under `folder`, by name."""
+    if not folder.is_dir():
+        return []
+    return [(p.parent.name, json.loads(p.read_text())) for p in sorted(folder.glob("*/diagnosis.json"))]
+
+
+def _setting(d: Mapping[str, Any]) -> str:
+    c = d["config"]
+    return (
+        f"{c.get('assignment')}, α = {c.get('dirichlet-alpha')}, {c.get('num-server-rounds')} rounds, "
+        f"initial-fitness {c.get('initial-fitness', 1.0)}, seed {c.get('seed')}"
+    )
+
+
+def diagnosis_table(diagnoses: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    header = ("diagnosis", "setting", *(h for h, _, _ in DIAGNOSIS_COLUMNS))
+    body = []
+    for name, d in diagnoses:
+        s = d["summary"]
+        cells = [fmt.format(s[key]) if s.get(key) is not None else "—" for _, key, fmt in DIAGNOSIS_COLUMNS]
+        cells[4] += f" of {s.get('clients-subsets')}"
+        body.append([name, _setting(d), *cells])
+    return table(header, body)
+
+
+# ------------------------------------------------------------------ remedy grid
+
+
+def split_group(group: str) -> tuple[str, str]:
+    """`fitness-0-c50` -> ("fitness-0", "c50")."""
+    variant, _, cell = group.rpartition("-")
+    return variant, cell
+
+
+def cell_scores(runs: Runs, cell: str) -> dict[tuple[str, str], dict[int, float]]:
+    """(variant, method) -> seed -> score, for one cell."""
+    out: dict[tuple[str, str], dict[int, float]] = {}
+    for r in runs.all:
+        variant, kind = split_group(r["group"])
+        if kind == cell:
+            out.setdefault((variant, r["method"]), {})[r["seed"]] = score(r)
+    return out
+
+
+def cell_tests(scores: Mapping[tuple[str, str], Mapping[int, float]]) -> list[tuple[str, str, PairedTest]]:
+    """Each remedy minus its faithful rule; each sparse (variant, rule) minus dense and minus local."""
+    raw: list[tuple[str, str, PairedTest]] = []
+    for (variant, method), a in scores.items():
+        if method not in SPARSE:
+            continue
+        name = f"{variant} {method}"
+        if variant != FAITHFUL and (FAITHFUL, method) in scores:
+            raw.append((name, f"{FAITHFUL} {method}", paired_test(a, scores[(FAITHFUL, method)])))
+        for reference in REFERENCES:
+            if (FAITHFUL, reference) in scores:
+                raw.append((name, reference, paired_test(a, scores[(FAITHFUL, reference)])))
+    decided = decide([t for _, _, t in raw])
+    return [(a, b, t) for (a, b, _), t in zip(raw, decided)]
+
+
+def scores_table(scores: Mapping[tuple[str, str], Mapping[int, float]]) -> str:
+    variants = list(dict.fromkeys(v for v, _ in scores))
+    variants.sort(key=lambda v: v != FAITHFUL)
+    methods = [m for m in (*SPARSE, *REFERENCES) if any(m == mm for _, mm in scores)]
+    body = [
+        [v, *(fmt_seeds(scores[(v, m)]) + f" (n={len(scores[(v, m)])})" if (v, m) in scores else "—" for m in methods)]
+        for v in variants
+    ]
+    return table(("variant", *methods), body)
+
+
+def tests_table(rows: Sequence[tuple[str, str, PairedTest]]) -> str:
+    return table(
+        ("a", "b", "a − b [95 % CI] (seeds)", *TEST_HEADER),
+        [[a, b, fmt_test(t), *test_cells(t)] for a, b, t in rows],
+    )
+
+
+# ------------------------------------------------------------------ the section
+
+
+def price_section(
+    diagnosis_dir: Path,
+    summaries_dir: Path,
+    study_file: Path,
+    link: Callable[[Path], str],
+    shown: Callable[[Path], Path],
+) -> list[str]:
+    """The "price of holding k of E experts" section; `link` turns a file into a path relative to the report."""
+    lines = [
+        "## The price of holding k of E experts: diagnosis and remedies",
+        "",
+        f"Diagnoses: `python -m flexmoe_bench.diagnosis` (one seed of one cell each, outputs in "
+        f"`{shown(diagnosis_dir)}/`). Per cohort client after the last round: accuracy with the experts it "
+        "holds, with the best k of E in hindsight (chosen on its own test split: an optimistic bound), with all "
+        "E under its gate, and in a dense run of the cell; the held pair's rank among the k-subsets; per held "
+        "expert and round, the change of its balanced-probe accuracy on the classes its holders had and on the "
+        "others (negative = gained).",
+        "",
+    ]
+    diagnoses = read_diagnoses(diagnosis_dir)
+    if diagnoses:
+        lines += [diagnosis_table(diagnoses), ""]
+        for name, _ in diagnoses:
+            figure = diagnosis_dir / name / "clients.png"
+            if figure.is_file():
+                lines += [f"![{name}: per client, held vs best k vs all experts vs dense]({link(figure)})", ""]
+    else:
+        lines += ["No diagnosis committed yet.", ""]
+    grid = Grid.read(study_file)
+    runs = grid.current(load_summaries(summaries_dir)) if summaries_dir.is_dir() else Runs([])
+    done, total = len(grid.cells) - len(grid.missing(runs)), len(grid.cells)
+    lines += [
+        "### The remedy grid",
+        "",
+        f"Grid `{shown(study_file)}`, summaries in `{shown(summaries_dir)}/` (`python -m flexmoe_bench.sweep "
+        f"--study {shown(study_file)} --summaries {shown(summaries_dir)}`). Cells done: {done} of {total}. "
+        "Score: the cohort's accuracy averaged over the last 5 rounds. Each remedy changes one setting of the "
+        "faithful rule; tests paired by seed, Holm across each cell's table, a verdict word only where the "
+        "corrected paired t-test rejects at 0.05.",
+        "",
+    ]
+    for cell, title in CELLS.items():
+        scores = cell_scores(runs, cell)
+        if not scores:
+            continue
+        lines += [f"#### Cell {cell}: {title}", "", scores_table(scores), "", tests_table(cell_tests(scores)), ""]
+    if not runs.all:
+        lines += ["No remedy cell has a summary yet.", ""]
+    return lines

@@ -1,0 +1,124 @@
+"""The price section of docs/results.md (flexmoe_bench.report.price), on hand-made summaries and diagnoses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from scipy import stats
+
+from flexmoe_bench.report.price import cell_scores, cell_tests, diagnosis_table, price_section, read_diagnoses
+from flexmoe_bench.report.stats import holm
+from flexmoe_bench.report.summaries import Runs
+
+STUDY = """
+[study]
+seeds = [1, 2, 3]
+[base]
+num-server-rounds = 6
+[[group]]
+name = "faithful-c50"
+methods = ["flexmoe", "dense", "local"]
+[[group]]
+name = "fitness-0-c50"
+methods = ["flexmoe"]
+set = { initial-fitness = 0.0 }
+"""
+
+FAITHFUL = {1: 0.30, 2: 0.35, 3: 0.25}
+FITNESS_0 = {1: 0.70, 2: 0.78, 3: 0.72}
+DENSE = {1: 0.75, 2: 0.80, 3: 0.74}
+LOCAL = {1: 0.90, 2: 0.91, 3: 0.93}
+
+
+def run(group: str, method: str, seed: int, value: float) -> dict:
+    overrides = {"num-server-rounds": 6, "assignment": method, "seed": seed}
+    if group.startswith("fitness-0"):
+        overrides["initial-fitness"] = 0.0
+    return {
+        "cell": f"{group}-{method}-s{seed}",
+        "group": group,
+        "method": method,
+        "seed": seed,
+        "varied": {},
+        "run-config": overrides,
+        "wall-seconds": 1.0,
+        "summary": {"accuracy": value},
+        "curves": {"accuracy": [0.0] + [value] * 5},  # score = mean of the last 5 = value
+    }
+
+
+def summaries() -> list[dict]:
+    out = []
+    for seed in (1, 2, 3):
+        out += [
+            run("faithful-c50", "flexmoe", seed, FAITHFUL[seed]),
+            run("faithful-c50", "dense", seed, DENSE[seed]),
+            run("faithful-c50", "local", seed, LOCAL[seed]),
+            run("fitness-0-c50", "flexmoe", seed, FITNESS_0[seed]),
+        ]
+    return out
+
+
+def test_each_remedy_is_tested_against_its_faithful_rule_and_both_references_with_holm():
+    scores = cell_scores(Runs(summaries()), "c50")
+    assert scores[("fitness-0", "flexmoe")] == pytest.approx(FITNESS_0)
+    assert cell_scores(Runs(summaries()), "c200") == {}
+    rows = cell_tests(scores)
+    names = [(a, b) for a, b, _ in rows]
+    assert names == [
+        ("faithful flexmoe", "dense"),
+        ("faithful flexmoe", "local"),
+        ("fitness-0 flexmoe", "faithful flexmoe"),
+        ("fitness-0 flexmoe", "dense"),
+        ("fitness-0 flexmoe", "local"),
+    ]
+    pairs = {
+        ("fitness-0 flexmoe", "faithful flexmoe"): (FITNESS_0, FAITHFUL),
+        ("faithful flexmoe", "dense"): (FAITHFUL, DENSE),
+        ("faithful flexmoe", "local"): (FAITHFUL, LOCAL),
+        ("fitness-0 flexmoe", "dense"): (FITNESS_0, DENSE),
+        ("fitness-0 flexmoe", "local"): (FITNESS_0, LOCAL),
+    }
+    raw = [
+        stats.ttest_rel([pairs[n][0][s] for s in (1, 2, 3)], [pairs[n][1][s] for s in (1, 2, 3)]).pvalue for n in names
+    ]
+    expected = holm(raw)
+    for (a, b, test), p in zip(rows, expected):
+        first, second = pairs[(a, b)]
+        assert test.mean == pytest.approx(sum(first[s] - second[s] for s in (1, 2, 3)) / 3)
+        assert test.holm_p == pytest.approx(p)
+
+
+def test_the_section_reads_the_diagnoses_and_the_grid(tmp_path: Path):
+    study = tmp_path / "remedies.toml"
+    study.write_text(STUDY)
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    for s in summaries():
+        (runs_dir / f"{s['cell']}.json").write_text(json.dumps(s))
+    diag = tmp_path / "diagnosis" / "c50-seed1"
+    diag.mkdir(parents=True)
+    summary = {
+        "clients-accuracy-held-mean": 0.3425,
+        "clients-accuracy-best-k-mean": 0.914,
+        "clients-accuracy-all-experts-mean": 0.2214,
+        "clients-accuracy-dense-run-mean": None,
+        "clients-held-rank-mean": 50.2,
+        "clients-subsets": 120,
+        "clients-rounds-trained-mean": 3.45,
+        "drop-on-seen-classes-mean": -0.2684,
+        "drop-on-unseen-classes-mean": 0.0863,
+    }
+    config = {"assignment": "flexmoe", "dirichlet-alpha": 0.1, "num-server-rounds": 20, "seed": 1}
+    (diag / "diagnosis.json").write_text(json.dumps({"summary": summary, "config": config}))
+    assert [name for name, _ in read_diagnoses(tmp_path / "diagnosis")] == ["c50-seed1"]
+    row = diagnosis_table(read_diagnoses(tmp_path / "diagnosis")).splitlines()[2]
+    assert row == (
+        "| c50-seed1 | flexmoe, α = 0.1, 20 rounds, initial-fitness 1.0, seed 1 | 0.343 | 0.914 | 0.221 | — "
+        "| 50.2 of 120 | 3.45 | -0.268 | +0.086 |"
+    )
+    text = "\n".join(price_section(tmp_path / "diagnosis", runs_dir, study, lambda p: p.name, lambda p: p))
+    assert "Cells done: 12 of 12" in text
+    assert "| fitness-0 | 0.7333 ± 0.0416 (n=3) | — | — |" in text  # variant row: flexmoe, dense, local
