@@ -136,15 +136,17 @@ def pick_for_verify(cells: list[Cell], summaries: Path, count: int, seed: int) -
 
 def compare_curves(committed: dict[str, Any], rerun: dict[str, list[Any]], platform: dict[str, Any]) -> dict[str, Any]:
     """One cell's verdict: exact equality of every non-timing curve both have, where the committed
-    summary ran on this platform (or recorded none); else the max absolute difference per curve."""
+    summary ran on this platform (or recorded none, or less than is recorded now); else the max
+    absolute difference per curve."""
     recorded = committed.get("platform")
-    same = recorded is None or recorded == platform
+    where = machine.match(recorded, platform)
+    same = where != "other platform"
     old = committed.get("curves", {})
     keys = [k for k in CURVES if k not in TIMING_CURVES and k in old and k in rerun]
     unequal = [k for k in keys if old[k] != rerun[k]]
     differences = {k: _max_abs_difference(old[k], rerun[k]) for k in keys}
     return {
-        "platform": "unknown platform" if recorded is None else ("same platform" if same else "other platform"),
+        "platform": where,
         "committed-platform": recorded,
         "compared": keys,
         "equal": not unequal if same else None,

@@ -8,7 +8,15 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-from flexmoe_bench.report.price import cell_scores, cell_tests, diagnosis_table, price_section, read_diagnoses
+from flexmoe_bench.report.price import (
+    adapted_scores,
+    adapted_tests,
+    cell_scores,
+    cell_tests,
+    diagnosis_table,
+    price_section,
+    read_diagnoses,
+)
 from flexmoe_bench.report.stats import holm
 from flexmoe_bench.report.summaries import Runs
 
@@ -122,3 +130,54 @@ def test_the_section_reads_the_diagnoses_and_the_grid(tmp_path: Path):
     text = "\n".join(price_section(tmp_path / "diagnosis", runs_dir, study, lambda p: p.name, lambda p: p))
     assert "Cells done: 12 of 12" in text
     assert "| fitness-0 | 0.7333 ± 0.0416 (n=3) | — | — |" in text  # variant row: flexmoe, dense, local
+
+
+ADAPTED = {1: 0.80, 2: 0.86, 3: 0.79}  # fitness-0 flexmoe's adapted copies
+DENSE_ADAPTED = {1: 0.82, 2: 0.84, 3: 0.83}
+
+
+def adapted_summaries() -> list[dict]:
+    """summaries() where fitness-0 flexmoe and dense also report `accuracy-adapted` (adapt-steps 5)."""
+    out = []
+    for s in summaries():
+        extra = {("fitness-0-c50", "flexmoe"): ADAPTED, ("faithful-c50", "dense"): DENSE_ADAPTED}.get(
+            (s["group"], s["method"])
+        )
+        if extra is not None:
+            s["curves"]["accuracy-adapted"] = [None] + [extra[s["seed"]]] * 5
+        s["run-config"] = {**s["run-config"], "adapt-steps": 5, "adapt-lr": 0.01}  # as in the grid's [base]
+        out.append(s)
+    return out
+
+
+def test_adapted_copies_are_tested_against_themselves_unadapted_dense_adapted_and_local(tmp_path: Path):
+    runs = Runs(adapted_summaries())
+    adapted, plain = adapted_scores(runs, "c50"), cell_scores(runs, "c50")
+    assert adapted == {
+        ("fitness-0", "flexmoe"): pytest.approx(ADAPTED),
+        ("faithful", "dense"): pytest.approx(DENSE_ADAPTED),
+    }
+    rows = adapted_tests(adapted, plain)
+    assert [(a, b) for a, b, _ in rows] == [
+        ("fitness-0 flexmoe, adapted", "fitness-0 flexmoe"),
+        ("fitness-0 flexmoe, adapted", "dense, adapted"),
+        ("fitness-0 flexmoe, adapted", "local"),
+    ]
+    seeds = (1, 2, 3)
+    raw = [
+        stats.ttest_rel([ADAPTED[s] for s in seeds], [other[s] for s in seeds]).pvalue
+        for other in (FITNESS_0, DENSE_ADAPTED, LOCAL)
+    ]
+    for (_, _, test), other, p in zip(rows, (FITNESS_0, DENSE_ADAPTED, LOCAL), holm(raw)):
+        assert test.mean == pytest.approx(sum(ADAPTED[s] - other[s] for s in seeds) / 3)
+        assert test.holm_p == pytest.approx(p)
+
+    study = tmp_path / "remedies.toml"
+    study.write_text(STUDY.replace("num-server-rounds = 6", "num-server-rounds = 6\nadapt-steps = 5\nadapt-lr = 0.01"))
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    for s in adapted_summaries():
+        (runs_dir / f"{s['cell']}.json").write_text(json.dumps(s))
+    text = "\n".join(price_section(tmp_path / "none", runs_dir, study, lambda p: p.name, lambda p: p))
+    assert "adapt-steps 5, adapt-lr 0.01" in text
+    assert "| fitness-0 | 0.8167 ± 0.0379 (n=3) | — |" in text  # adapted row: flexmoe, dense (faithful only)

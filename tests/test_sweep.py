@@ -142,8 +142,47 @@ def test_the_platform_names_cpu_cores_threads_and_versions(tmp_path):
     cpuinfo.write_text("processor\t: 0\nmodel name\t: Example CPU @ 2.0GHz\n")
     assert machine.cpu_model(cpuinfo) == "Example CPU @ 2.0GHz"
     info = machine.describe(client_cpus=1)
-    assert set(info) == {"cpu", "cores", "torch-threads", "torch", "numpy", "flwr", "cvxpy", "client-cpus"}
+    assert set(info) == {
+        "cpu",
+        "cpu-id",
+        "cpu-capability",
+        "cores",
+        "torch-threads",
+        "torch",
+        "numpy",
+        "flwr",
+        "cvxpy",
+        "client-cpus",
+    }
     assert machine.columns({"cpu": "x"}) == {"platform-cpu": "x"}
+
+
+def test_the_cpu_id_tells_apart_cpus_that_share_a_model_name(tmp_path):
+    """Two VMs both say "AMD EPYC"; family / model / stepping of the first processor differ."""
+    from flexmoe_bench import machine
+
+    block = (
+        "processor\t: {n}\nvendor_id\t: AuthenticAMD\ncpu family\t: {f}\n"
+        "model\t\t: {m}\nmodel name\t: AMD EPYC\nstepping\t: 1\n"
+    )
+    zen5, zen4 = tmp_path / "zen5", tmp_path / "zen4"
+    zen5.write_text(block.format(n=0, f=26, m=2) + "\n" + block.format(n=1, f=99, m=9))
+    zen4.write_text(block.format(n=0, f=25, m=17))
+    assert machine.cpu_model(zen5) == machine.cpu_model(zen4) == "AMD EPYC"
+    assert machine.cpu_id(zen5) == "AuthenticAMD family 26 model 2 stepping 1"
+    assert machine.cpu_id(zen4) == "AuthenticAMD family 25 model 17 stepping 1"
+    assert machine.cpu_id(tmp_path / "absent") == "unknown"
+
+
+def test_a_platform_matches_only_on_every_fact_it_records():
+    from flexmoe_bench import machine
+
+    now = {**PLATFORM, "cpu-id": "family 26", "cpu-capability": "AVX512"}
+    assert machine.match(dict(now), now) == "same platform"
+    assert machine.match(None, now) == "unknown platform"
+    assert machine.match(PLATFORM, now) == "unknown platform"  # recorded before cpu-id existed
+    assert machine.match({**PLATFORM, "torch": "0"}, now) == "other platform"
+    assert machine.match({**now, "cpu-capability": "AVX2"}, now) == "other platform"
 
 
 def fake_rerun(curve_for):

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from flexmoe_bench.report.regimes import score
-from flexmoe_bench.report.stats import PairedTest, decide, paired_test
+from flexmoe_bench.report.stats import PairedTest, decide, last_rounds_mean, paired_test
 from flexmoe_bench.report.summaries import Grid, Runs, load_summaries
 from flexmoe_bench.report.tables import TEST_HEADER, fmt_seeds, fmt_test, table, test_cells
 
 FAITHFUL = "faithful"
 SPARSE = ("flexmoe", "greedy", "bias-greedy")
 REFERENCES = ("dense", "local")
+ADAPTED = "accuracy-adapted"
 CELLS = {
     "sb": "the regime grid's sound base (Dirichlet 0.3, 40 rounds)",
     "c50": "issue #25's cross-device cell (Dirichlet 0.1, 50 clients, 10 per round, 20 rounds)",
@@ -90,6 +91,38 @@ def cell_scores(runs: Runs, cell: str) -> dict[tuple[str, str], dict[int, float]
     return out
 
 
+def adapted_scores(runs: Runs, cell: str) -> dict[tuple[str, str], dict[int, float]]:
+    """(variant, method) -> seed -> the adapted model's score (remedy `adapt-steps`: the cohort's
+    `accuracy-adapted` over the last rounds), for the runs of one cell that adapted. `local` never
+    does: it is already each client's own model."""
+    out: dict[tuple[str, str], dict[int, float]] = {}
+    for r in runs.all:
+        variant, kind = split_group(r["group"])
+        curve = r["curves"].get(ADAPTED)
+        if kind == cell and curve and any(v is not None for v in curve):
+            out.setdefault((variant, r["method"]), {})[r["seed"]] = last_rounds_mean(curve)
+    return out
+
+
+def adapted_tests(
+    adapted: Mapping[tuple[str, str], Mapping[int, float]], plain: Mapping[tuple[str, str], Mapping[int, float]]
+) -> list[tuple[str, str, PairedTest]]:
+    """Each sparse (variant, rule) adapted: minus itself un-adapted (what adaptation buys), minus dense
+    adapted the same way, and minus `local`; Holm across the table."""
+    raw: list[tuple[str, str, PairedTest]] = []
+    for (variant, method), a in adapted.items():
+        if method not in SPARSE:
+            continue
+        name = f"{variant} {method}, adapted"
+        raw.append((name, f"{variant} {method}", paired_test(a, plain[(variant, method)])))
+        if (FAITHFUL, "dense") in adapted:
+            raw.append((name, "dense, adapted", paired_test(a, adapted[(FAITHFUL, "dense")])))
+        if (FAITHFUL, "local") in plain:
+            raw.append((name, "local", paired_test(a, plain[(FAITHFUL, "local")])))
+    decided = decide([t for _, _, t in raw])
+    return [(a, b, t) for (a, b, _), t in zip(raw, decided)]
+
+
 def cell_tests(scores: Mapping[tuple[str, str], Mapping[int, float]]) -> list[tuple[str, str, PairedTest]]:
     """Each remedy minus its faithful rule; each sparse (variant, rule) minus dense and minus local."""
     raw: list[tuple[str, str, PairedTest]] = []
@@ -125,6 +158,16 @@ def tests_table(rows: Sequence[tuple[str, str, PairedTest]]) -> str:
 
 
 # ------------------------------------------------------------------ the section
+
+
+def _adapt_setting(runs: Runs, cell: str) -> str:
+    """The adaptation settings the cell's runs used, e.g. "adapt-steps 5, adapt-lr 0.01"."""
+    found = {
+        (r["run-config"].get("adapt-steps"), r["run-config"].get("adapt-lr"))
+        for r in runs.all
+        if split_group(r["group"])[1] == cell and r["run-config"].get("adapt-steps")
+    }
+    return "; ".join(f"adapt-steps {steps}, adapt-lr {lr}" for steps, lr in sorted(found))
 
 
 def price_section(
@@ -173,6 +216,19 @@ def price_section(
         if not scores:
             continue
         lines += [f"#### Cell {cell}: {title}", "", scores_table(scores), "", tests_table(cell_tests(scores)), ""]
+        adapted = adapted_scores(runs, cell)
+        if adapted:
+            lines += [
+                f"Local adaptation at evaluation, reported apart ({_adapt_setting(runs, cell)}): a copy of each "
+                "cohort client's model takes that many SGD steps on its own training split, on its held experts "
+                "and gate only (dense: on all experts and its gate), before the test; `accuracy` above is the "
+                "un-adapted model's. Scores of the adapted copies:",
+                "",
+                scores_table(adapted),
+                "",
+                tests_table(adapted_tests(adapted, scores)),
+                "",
+            ]
     if not runs.all:
         lines += ["No remedy cell has a summary yet.", ""]
     return lines
