@@ -181,3 +181,21 @@ def test_adapted_copies_are_tested_against_themselves_unadapted_dense_adapted_an
     text = "\n".join(price_section(tmp_path / "none", runs_dir, study, lambda p: p.name, lambda p: p))
     assert "adapt-steps 5, adapt-lr 0.01" in text
     assert "| fitness-0 | 0.8167 ± 0.0379 (n=3) | — |" in text  # adapted row: flexmoe, dense (faithful only)
+
+
+def test_a_combination_of_remedies_is_tested_against_each_remedy_alone():
+    both = {1: 0.74, 2: 0.80, 3: 0.77}
+    scores = {
+        ("faithful", "flexmoe"): FAITHFUL,
+        ("fitness-0", "flexmoe"): FITNESS_0,
+        ("fitness-0+hidden", "flexmoe"): both,
+    }
+    rows = {(a, b): t for a, b, t in cell_tests(scores)}
+    assert list(rows) == [
+        ("fitness-0 flexmoe", "faithful flexmoe"),
+        ("fitness-0+hidden flexmoe", "faithful flexmoe"),
+        ("fitness-0+hidden flexmoe", "fitness-0 flexmoe"),  # hidden alone has no runs here: no row
+    ]
+    assert rows[("fitness-0+hidden flexmoe", "fitness-0 flexmoe")].mean == pytest.approx(
+        sum(both[s] - FITNESS_0[s] for s in (1, 2, 3)) / 3
+    )

@@ -124,14 +124,17 @@ def adapted_tests(
 
 
 def cell_tests(scores: Mapping[tuple[str, str], Mapping[int, float]]) -> list[tuple[str, str, PairedTest]]:
-    """Each remedy minus its faithful rule; each sparse (variant, rule) minus dense and minus local."""
+    """Each remedy minus its faithful rule (a combination `a+b` also minus each of a and b alone); each
+    sparse (variant, rule) minus dense and minus local."""
     raw: list[tuple[str, str, PairedTest]] = []
     for (variant, method), a in scores.items():
         if method not in SPARSE:
             continue
         name = f"{variant} {method}"
-        if variant != FAITHFUL and (FAITHFUL, method) in scores:
-            raw.append((name, f"{FAITHFUL} {method}", paired_test(a, scores[(FAITHFUL, method)])))
+        parts = variant.split("+") if "+" in variant else []
+        for base in (FAITHFUL, *parts):
+            if variant != FAITHFUL and (base, method) in scores:
+                raw.append((name, f"{base} {method}", paired_test(a, scores[(base, method)])))
         for reference in REFERENCES:
             if (FAITHFUL, reference) in scores:
                 raw.append((name, reference, paired_test(a, scores[(FAITHFUL, reference)])))
