@@ -23,7 +23,7 @@ from flexmoe_core.config import NodeSettings, Settings, SettingsError, dataset_s
 from flexmoe_core.data import client_datasets
 from flexmoe_core.files import atomic_write_bytes
 from flexmoe_core.model import MoEClassifier, pick_device
-from flexmoe_core.remedies import adapt
+from flexmoe_core.remedies import adapt, adapts_in
 from flexmoe_core.seeds import derive_seed
 from flexmoe_core.train import evaluate as evaluate_model
 from flexmoe_core.train import train_local
@@ -120,7 +120,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics = MetricRecord(
         {P.NUM_EXAMPLES: int(result.num_examples), P.ACCURACY: float(result.accuracy), P.LOSS: float(result.loss)}
     )
-    if settings.adapt_steps > 0:  # remedy `adapt-steps`: a tuned copy, reported beside the un-adapted model
+    if settings.adapt_steps > 0 and adapts_in(server_round, settings.num_server_rounds, settings.adapt_rounds):
+        # remedy `adapt-steps`: a tuned copy, reported beside the un-adapted model
         adapted = adapt(
             model,
             train_set,

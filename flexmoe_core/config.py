@@ -25,7 +25,7 @@ from flexmoe_core.data import spec_of as dataset_shape  # noqa: F401 - re-export
 from flexmoe_core.fitness import MODES as FITNESS_MODES
 from flexmoe_core.model import ARCHS as MODELS
 from flexmoe_core.model import EXPERT_KINDS
-from flexmoe_core.remedies import STEP_SCALES
+from flexmoe_core.remedies import ADAPT_ROUNDS, STEP_SCALES
 from flexmoe_core.robust_aggregation import ROBUST_METHODS
 from flexmoe_core.tracking import TRACKERS
 
@@ -128,6 +128,7 @@ class Settings:
     logit_adjust: float = 0.0
     adapt_steps: int = 0
     adapt_lr: float = 0.01
+    adapt_rounds: str = "every"
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> Settings:
@@ -226,6 +227,7 @@ class Settings:
         check.at_least("logit-adjust", self.logit_adjust, 0.0)
         check.at_least("adapt-steps", self.adapt_steps, 0)
         check.positive("adapt-lr", self.adapt_lr)
+        check.choice("adapt-rounds", self.adapt_rounds, ADAPT_ROUNDS)
         if not self.results_dir.strip():
             out.append("results-dir must be a non-empty path")
         return out

@@ -23,9 +23,10 @@ method's arithmetic is untouched (the code paths are skipped, not run with neutr
                                (add-one smoothed), so a client with one or two classes does not
                                push the experts it holds to rule the other classes out (Menon et
                                al. 2021; FedLC, Zhang et al. 2022). Prediction stays on the logits.
-* ``adapt-steps``, ``adapt-lr``  local adaptation at evaluation: a copy of the client's model takes
-                               a few SGD steps on its training split, on the held experts and the
-                               gate only, and is tested beside the un-adapted one
+* ``adapt-steps``, ``adapt-lr``, local adaptation at evaluation: a copy of the client's model takes
+  ``adapt-rounds``             a few SGD steps on its training split, on the held experts and the
+                               gate only, and is tested beside the un-adapted one, every round or
+                               (``adapt-rounds = "last"``) in the last round only
                                (``accuracy-adapted``; ``accuracy`` is unchanged). Nothing of the copy
                                is sent or stored: the evaluation reply carries metrics only, and the
                                gate kept on the client is the one training produced.
@@ -48,6 +49,7 @@ from flexmoe_core.protocol import ACCURACY_ADAPTED, EXPERTS_PREFIX, GATE_PREFIX,
 from flexmoe_core.replies import ReplyError
 
 STEP_SCALES = ("none", "holders")
+ADAPT_ROUNDS = ("every", "last")
 
 State = Mapping[str, np.ndarray]
 
@@ -145,6 +147,14 @@ def holder_counts(held: list[list[int]]) -> dict[int, int]:
 
 
 # --------------------------------------------------------------------------- adaptation at evaluation
+
+
+def adapts_in(server_round: int, num_server_rounds: int, when: str) -> bool:
+    """Whether evaluation adapts a copy in this round: every round, or only the run's last one (a longer
+    fine-tuning, as personalised-FL evaluations do once before deployment, then costs one round's time)."""
+    if when not in ADAPT_ROUNDS:
+        raise ValueError(f"adapt-rounds must be one of {', '.join(ADAPT_ROUNDS)}, got {when!r}")
+    return when == "every" or server_round == num_server_rounds
 
 
 def adaptable(name: str) -> bool:

@@ -179,7 +179,7 @@ def test_adapted_copies_are_tested_against_themselves_unadapted_dense_adapted_an
     for s in adapted_summaries():
         (runs_dir / f"{s['cell']}.json").write_text(json.dumps(s))
     text = "\n".join(price_section(tmp_path / "none", runs_dir, study, lambda p: p.name, lambda p: p))
-    assert "adapt-steps 5, adapt-lr 0.01" in text
+    assert "adapt-steps 5, adapt-lr 0.01, every round: faithful, fitness-0" in text
     assert "| fitness-0 | 0.8167 ± 0.0379 (n=3) | — |" in text  # adapted row: flexmoe, dense (faithful only)
 
 
@@ -198,4 +198,34 @@ def test_a_combination_of_remedies_is_tested_against_each_remedy_alone():
     ]
     assert rows[("fitness-0+hidden flexmoe", "fitness-0 flexmoe")].mean == pytest.approx(
         sum(both[s] - FITNESS_0[s] for s in (1, 2, 3)) / 3
+    )
+
+
+def test_a_tuned_variant_repeats_its_training_and_meets_dense_tuned_the_same_way():
+    from flexmoe_bench.report.price import dense_twin, evaluation_only, trained_as
+
+    assert [evaluation_only(v) for v in ("fitness-0+tune", "tune", "fitness-0", "fitness-0+hidden")] == [
+        True,
+        True,
+        False,
+        False,
+    ]
+    assert (trained_as("fitness-0+tune"), trained_as("tune"), trained_as("hidden")) == (
+        "fitness-0",
+        "faithful",
+        "hidden",
+    )
+    tuned = {1: 0.90, 2: 0.93, 3: 0.91}
+    dense_tuned = {1: 0.92, 2: 0.92, 3: 0.90}
+    adapted = {("fitness-0+tune", "flexmoe"): tuned, ("tune", "dense"): dense_tuned, ("faithful", "dense"): DENSE}
+    plain = {("fitness-0", "flexmoe"): FITNESS_0, ("faithful", "local"): LOCAL}
+    assert dense_twin("fitness-0+tune", adapted) == "tune" and dense_twin("fitness-0", adapted) == "faithful"
+    rows = {(a, b): t for a, b, t in adapted_tests(adapted, plain)}
+    assert list(rows) == [
+        ("fitness-0+tune flexmoe, adapted", "fitness-0 flexmoe"),  # what tuning buys over the same training
+        ("fitness-0+tune flexmoe, adapted", "tune dense, adapted"),
+        ("fitness-0+tune flexmoe, adapted", "local"),
+    ]
+    assert rows[("fitness-0+tune flexmoe, adapted", "tune dense, adapted")].mean == pytest.approx(
+        sum(tuned[s] - dense_tuned[s] for s in (1, 2, 3)) / 3
     )

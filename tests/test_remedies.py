@@ -297,6 +297,7 @@ def test_client_evaluate_reports_adapted_accuracy_apart_and_keeps_its_gate():
         ("logit-adjust", -0.5, "logit-adjust must be >= 0"),
         ("adapt-steps", -1, "adapt-steps must be >= 0"),
         ("adapt-lr", 0.0, "adapt-lr must be a finite number > 0"),
+        ("adapt-rounds", "first", "adapt-rounds must be one of every, last"),
     ],
 )
 def test_each_remedy_setting_is_validated_by_name(key, value, words):
@@ -446,3 +447,30 @@ def test_logit_adjusted_step_equals_a_hand_computed_sgd_step():
     plain.load_state_dict(reference.state_dict())
     with pytest.raises(ValueError, match="logit_adjust"):
         train_local(plain, data, epochs=1, batch_size=4, lr=lr, seed=0, logit_adjust=-1.0)
+
+
+def test_adaptation_in_every_round_or_only_the_last():
+    assert [remedies.adapts_in(r, 3, "every") for r in (1, 2, 3)] == [True, True, True]
+    assert [remedies.adapts_in(r, 3, "last") for r in (1, 2, 3)] == [False, False, True]
+    with pytest.raises(ValueError, match="adapt-rounds must be one of every, last"):
+        remedies.adapts_in(1, 3, "first")
+
+
+@pytest.mark.usefixtures("flower_identity")
+def test_last_round_adaptation_reports_the_adapted_copy_once_and_changes_nothing_else(tmp_path):
+    import json
+
+    from server_app.app import FederatedRun
+    from tests.in_process import federation
+
+    rows = {}
+    for when in ("every", "last"):
+        config = run_config(
+            num_server_rounds=3, results_dir=str(tmp_path / when), expert_hidden=16, adapt_steps=3, adapt_rounds=when
+        )
+        FederatedRun(Settings.from_run_config(config), federation(config, 2)).execute()
+        rows[when] = json.loads((tmp_path / when / "metrics.json").read_text())
+    assert ["accuracy-adapted" in r for r in rows["last"]] == [False, False, True]
+    # The last round's copy is the one `every` adapts in that round: same seed, same model, same steps.
+    assert rows["last"][-1]["accuracy-adapted"] == rows["every"][-1]["accuracy-adapted"]
+    assert [r["accuracy"] for r in rows["last"]] == [r["accuracy"] for r in rows["every"]]

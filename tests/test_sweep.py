@@ -269,6 +269,8 @@ def test_committed_remedy_grid_changes_one_setting_per_remedy_in_each_cell():
         "logit-adjust": {"logit-adjust"},
         "fitness-0": {"initial-fitness"},
         "fitness-0+hidden": {"initial-fitness", "expert-kind"},  # the two best single remedies together
+        "tune": {"adapt-steps", "adapt-lr", "adapt-rounds"},  # fine-tuning before the last test only
+        "fitness-0+tune": {"initial-fitness", "adapt-steps", "adapt-lr", "adapt-rounds"},
     }
     faithful = {
         (c.group.removeprefix("faithful-"), c.method, c.seed): c for c in cells if c.group.startswith("faithful-")
@@ -287,5 +289,5 @@ def test_committed_remedy_grid_changes_one_setting_per_remedy_in_each_cell():
     assert {c.num_supernodes for c in cells if c.group.endswith("-c200")} == {200}
     sound = next(c for c in cells if c.group == "faithful-sb")
     assert sound.overrides["num-server-rounds"] == 40 and sound.overrides["dirichlet-alpha"] == 0.3
-    assert {c.group for c in cells if "+" in c.group} == {"fitness-0+hidden-c50"}
-    assert len(cells) == 315 and {c.seed for c in cells} == {1, 2, 3, 4, 5}
+    assert {c.group for c in cells if "+" in c.group} == {"fitness-0+hidden-c50", "fitness-0+tune-c50"}
+    assert len(cells) == 335 and {c.seed for c in cells} == {1, 2, 3, 4, 5}

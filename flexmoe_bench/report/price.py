@@ -24,6 +24,9 @@ FAITHFUL = "faithful"
 SPARSE = ("flexmoe", "greedy", "bias-greedy")
 REFERENCES = ("dense", "local")
 ADAPTED = "accuracy-adapted"
+# Variant parts that change evaluation only (adaptation settings): such a run trains exactly as its
+# variant without them, so it is left out of the un-adapted tables and tested in the adapted one.
+EVALUATION_ONLY = ("tune",)
 CELLS = {
     "sb": "the regime grid's sound base (Dirichlet 0.3, 40 rounds)",
     "c50": "issue #25's cross-device cell (Dirichlet 0.1, 50 clients, 10 per round, 20 rounds)",
@@ -104,6 +107,25 @@ def adapted_scores(runs: Runs, cell: str) -> dict[tuple[str, str], dict[int, flo
     return out
 
 
+def evaluation_only(variant: str) -> bool:
+    """Whether the variant differs from another only in how it is evaluated (e.g. `fitness-0+tune`)."""
+    return any(part in EVALUATION_ONLY for part in variant.split("+"))
+
+
+def trained_as(variant: str) -> str:
+    """The variant whose training this one repeats: `fitness-0+tune` -> `fitness-0`, `tune` -> faithful."""
+    return "+".join(p for p in variant.split("+") if p not in EVALUATION_ONLY) or FAITHFUL
+
+
+def dense_twin(variant: str, adapted: Mapping[tuple[str, str], Mapping[int, float]]) -> str | None:
+    """The variant whose dense run was adapted the same way as `variant`: its own, one of its parts'
+    (`fitness-0+tune` -> `tune`), else the faithful one; None if dense never adapted."""
+    for candidate in (variant, *variant.split("+"), FAITHFUL):
+        if (candidate, "dense") in adapted:
+            return candidate
+    return None
+
+
 def adapted_tests(
     adapted: Mapping[tuple[str, str], Mapping[int, float]], plain: Mapping[tuple[str, str], Mapping[int, float]]
 ) -> list[tuple[str, str, PairedTest]]:
@@ -114,9 +136,13 @@ def adapted_tests(
         if method not in SPARSE:
             continue
         name = f"{variant} {method}, adapted"
-        raw.append((name, f"{variant} {method}", paired_test(a, plain[(variant, method)])))
-        if (FAITHFUL, "dense") in adapted:
-            raw.append((name, "dense, adapted", paired_test(a, adapted[(FAITHFUL, "dense")])))
+        own = (trained_as(variant), method)
+        if own in plain:
+            raw.append((name, f"{own[0]} {method}", paired_test(a, plain[own])))
+        twin = dense_twin(variant, adapted)
+        if twin is not None:
+            label = "dense, adapted" if twin == FAITHFUL else f"{twin} dense, adapted"
+            raw.append((name, label, paired_test(a, adapted[(twin, "dense")])))
         if (FAITHFUL, "local") in plain:
             raw.append((name, "local", paired_test(a, plain[(FAITHFUL, "local")])))
     decided = decide([t for _, _, t in raw])
@@ -164,13 +190,22 @@ def tests_table(rows: Sequence[tuple[str, str, PairedTest]]) -> str:
 
 
 def _adapt_setting(runs: Runs, cell: str) -> str:
-    """The adaptation settings the cell's runs used, e.g. "adapt-steps 5, adapt-lr 0.01"."""
-    found = {
-        (r["run-config"].get("adapt-steps"), r["run-config"].get("adapt-lr"))
-        for r in runs.all
-        if split_group(r["group"])[1] == cell and r["run-config"].get("adapt-steps")
-    }
-    return "; ".join(f"adapt-steps {steps}, adapt-lr {lr}" for steps, lr in sorted(found))
+    """The adaptation settings of the cell's runs and the variants that used each, e.g.
+    "adapt-steps 5, adapt-lr 0.01 every round: faithful, fitness-0"."""
+    found: dict[str, list[str]] = {}
+    for r in runs.all:
+        variant, kind = split_group(r["group"])
+        c = r["run-config"]
+        if kind != cell or not c.get("adapt-steps"):
+            continue
+        when = "last round only" if c.get("adapt-rounds", "every") == "last" else "every round"
+        setting = f"adapt-steps {c['adapt-steps']}, adapt-lr {c.get('adapt-lr')}, {when}"
+        if variant not in found.setdefault(setting, []):
+            found[setting].append(variant)
+    return "; ".join(
+        f"{setting}: {', '.join(sorted(variants, key=lambda v: (v != FAITHFUL, v)))}"
+        for setting, variants in found.items()
+    )
 
 
 def price_section(
@@ -215,7 +250,8 @@ def price_section(
         "",
     ]
     for cell, title in CELLS.items():
-        scores = cell_scores(runs, cell)
+        everything = cell_scores(runs, cell)
+        scores = {key: value for key, value in everything.items() if not evaluation_only(key[0])}
         if not scores:
             continue
         lines += [f"#### Cell {cell}: {title}", "", scores_table(scores), "", tests_table(cell_tests(scores)), ""]
@@ -229,7 +265,7 @@ def price_section(
                 "",
                 scores_table(adapted),
                 "",
-                tests_table(adapted_tests(adapted, scores)),
+                tests_table(adapted_tests(adapted, everything)),
                 "",
             ]
     if not runs.all:
