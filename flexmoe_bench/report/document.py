@@ -251,6 +251,13 @@ def _convergence_section(runs: Runs, grid: Grid, drawn: Figures, image: Image) -
         + (
             f": {same} of {compared} runs reproduce their main-grid twin's final accuracy exactly at round "
             f"{main_rounds}"
+            + (
+                " (the two were made on CPUs of different generations that report the same model name, and "
+                "each reproduces on its own kind of machine: float paths differ, see "
+                "[study.md](study.md#reproducibility))"
+                if same < compared
+                else ""
+            )
             if compared
             else ""
         )
