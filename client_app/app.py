@@ -23,7 +23,7 @@ from flexmoe_core.config import NodeSettings, Settings, SettingsError, dataset_s
 from flexmoe_core.data import client_datasets
 from flexmoe_core.files import atomic_write_bytes
 from flexmoe_core.model import MoEClassifier, pick_device
-from flexmoe_core.remedies import adapt, adapts_in
+from flexmoe_core.remedies import adapt, adapts_in, prediction_offset
 from flexmoe_core.seeds import derive_seed
 from flexmoe_core.train import evaluate as evaluate_model
 from flexmoe_core.train import train_local
@@ -116,7 +116,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     server_round = _config_int(msg, P.SERVER_ROUND)
     model = build_model(msg, settings, context, node, gate_round=server_round)
     train_set, test_set = local_data(settings, node)
-    result = evaluate_model(model, test_set, batch_size=settings.batch_size, device=pick_device())
+    offset = prediction_offset(train_set, model.num_classes, settings.logit_adjust, settings.logit_adjust_predict)
+    result = evaluate_model(model, test_set, batch_size=settings.batch_size, device=pick_device(), logit_offset=offset)
     metrics = MetricRecord(
         {P.NUM_EXAMPLES: int(result.num_examples), P.ACCURACY: float(result.accuracy), P.LOSS: float(result.loss)}
     )

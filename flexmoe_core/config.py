@@ -25,7 +25,7 @@ from flexmoe_core.data import spec_of as dataset_shape  # noqa: F401 - re-export
 from flexmoe_core.fitness import MODES as FITNESS_MODES
 from flexmoe_core.model import ARCHS as MODELS
 from flexmoe_core.model import EXPERT_KINDS
-from flexmoe_core.remedies import ADAPT_ROUNDS, STEP_SCALES
+from flexmoe_core.remedies import ADAPT_ROUNDS, PREDICTIONS, STEP_SCALES
 from flexmoe_core.robust_aggregation import ROBUST_METHODS
 from flexmoe_core.tracking import TRACKERS
 
@@ -126,6 +126,7 @@ class Settings:
     expert_step_scale: str = "none"
     prox_mu: float = 0.0
     logit_adjust: float = 0.0
+    logit_adjust_predict: str = "plain"
     adapt_steps: int = 0
     adapt_lr: float = 0.01
     adapt_rounds: str = "every"
@@ -225,6 +226,9 @@ class Settings:
         check.choice("expert-step-scale", self.expert_step_scale, STEP_SCALES)
         check.at_least("prox-mu", self.prox_mu, 0.0)
         check.at_least("logit-adjust", self.logit_adjust, 0.0)
+        check.choice("logit-adjust-predict", self.logit_adjust_predict, PREDICTIONS)
+        if self.logit_adjust_predict == "prior" and not self.logit_adjust > 0.0:
+            out.append("logit-adjust-predict = 'prior' needs logit-adjust > 0 (the prior it puts back), got 0")
         check.at_least("adapt-steps", self.adapt_steps, 0)
         check.positive("adapt-lr", self.adapt_lr)
         check.choice("adapt-rounds", self.adapt_rounds, ADAPT_ROUNDS)

@@ -22,7 +22,9 @@ method's arithmetic is untouched (the code paths are skipped, not run with neutr
                                ``CE(logits + tau log pi_c)`` with pi_c the client's label prior
                                (add-one smoothed), so a client with one or two classes does not
                                push the experts it holds to rule the other classes out (Menon et
-                               al. 2021; FedLC, Zhang et al. 2022). Prediction stays on the logits.
+                               al. 2021; FedLC, Zhang et al. 2022). Prediction stays on the logits,
+                               or, with ``logit-adjust-predict = "prior"``, adds ``tau log pi_c`` back
+                               (the client's own label mix is what it is tested on).
 * ``adapt-steps``, ``adapt-lr``, local adaptation at evaluation: a copy of the client's model takes
   ``adapt-rounds``             a few SGD steps on its training split, on the held experts and the
                                gate only, and is tested beside the un-adapted one, every round or
@@ -50,11 +52,23 @@ from flexmoe_core.replies import ReplyError
 
 STEP_SCALES = ("none", "holders")
 ADAPT_ROUNDS = ("every", "last")
+PREDICTIONS = ("plain", "prior")
 
 State = Mapping[str, np.ndarray]
 
 
 # --------------------------------------------------------------------------- proximal term
+
+
+def prediction_offset(dataset: Dataset, num_classes: int, tau: float, rule: str) -> torch.Tensor | None:
+    """What evaluation adds to the logits: nothing ("plain"), or ``tau log pi_c`` ("prior"), the
+    client's own smoothed label prior put back into a model trained on CE(logits + tau log pi_c), so it
+    predicts for the client's label mix instead of a balanced one (Menon et al. 2021, §3-4)."""
+    if rule not in PREDICTIONS:
+        raise ValueError(f"logit-adjust-predict must be one of {', '.join(PREDICTIONS)}, got {rule!r}")
+    if rule == "plain":
+        return None
+    return float(tau) * torch.log(label_prior(dataset, num_classes))
 
 
 def expert_anchor(model: MoEClassifier) -> dict[str, torch.Tensor]:

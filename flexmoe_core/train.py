@@ -137,10 +137,17 @@ def train_local(
 
 @torch.no_grad()
 def evaluate(
-    model: MoEClassifier, dataset: Dataset, *, batch_size: int, device: torch.device | str = "cpu"
+    model: MoEClassifier,
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    logit_offset: torch.Tensor | None = None,
 ) -> EvalResult:
     """Mean cross-entropy and accuracy of the mixture output on ``dataset``.
 
+    ``logit_offset`` (C,), when given, is added to the logits before the loss and the prediction (remedy
+    `logit-adjust-predict`: the client's prior put back into a model trained on prior-adjusted logits).
     An empty dataset gives (0, 0.0, 0.0): with weight num_examples = 0 it cannot move an
     example-weighted average.
     """
@@ -148,10 +155,13 @@ def evaluate(
     device = torch.device(device)
     model.to(device)
     model.eval()
+    offset = None if logit_offset is None else logit_offset.to(device)
     total_loss, correct, count = 0.0, 0, 0
     for images, labels in DataLoader(dataset, batch_size=int(batch_size), shuffle=False):
         images, labels = images.to(device), labels.to(device)
         logits = model(images)
+        if offset is not None:
+            logits = logits + offset
         total_loss += float(F.cross_entropy(logits, labels, reduction="sum"))
         correct += int((logits.argmax(dim=1) == labels).sum())
         count += int(labels.shape[0])

@@ -298,6 +298,8 @@ def test_client_evaluate_reports_adapted_accuracy_apart_and_keeps_its_gate():
         ("adapt-steps", -1, "adapt-steps must be >= 0"),
         ("adapt-lr", 0.0, "adapt-lr must be a finite number > 0"),
         ("adapt-rounds", "first", "adapt-rounds must be one of every, last"),
+        ("logit-adjust-predict", "both", "logit-adjust-predict must be one of plain, prior"),
+        ("logit-adjust-predict", "prior", "logit-adjust-predict = 'prior' needs logit-adjust > 0"),
     ],
 )
 def test_each_remedy_setting_is_validated_by_name(key, value, words):
@@ -474,3 +476,60 @@ def test_last_round_adaptation_reports_the_adapted_copy_once_and_changes_nothing
     # The last round's copy is the one `every` adapts in that round: same seed, same model, same steps.
     assert rows["last"][-1]["accuracy-adapted"] == rows["every"][-1]["accuracy-adapted"]
     assert [r["accuracy"] for r in rows["last"]] == [r["accuracy"] for r in rows["every"]]
+
+
+class ConstantLogits(torch.nn.Module):
+    """A classifier whose logits are the same for every image: only an offset can change its prediction."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.tensor(logits))
+
+    def forward(self, images):
+        return self.logits.expand(images.shape[0], -1)
+
+
+def test_the_prior_put_back_is_tau_log_of_the_smoothed_label_frequencies():
+    labels = torch.tensor([0, 0, 0, 1])  # 3 of class 0, 1 of class 1, none of class 2
+    data = TensorDataset(torch.zeros(4, 1, 2, 2), labels)
+    assert remedies.prediction_offset(data, 3, 2.0, "plain") is None
+    expected = 2.0 * torch.log(torch.tensor([4 / 7, 2 / 7, 1 / 7]))  # (count + 1) / (n + C)
+    torch.testing.assert_close(remedies.prediction_offset(data, 3, 2.0, "prior"), expected)
+    with pytest.raises(ValueError, match="logit-adjust-predict must be one of plain, prior"):
+        remedies.prediction_offset(data, 3, 2.0, "balanced")
+
+
+def test_evaluation_with_the_prior_predicts_the_clients_own_majority():
+    from flexmoe_core.train import evaluate
+
+    model = ConstantLogits([0.0, 0.5])  # plain logits prefer class 1 for every image
+    test = TensorDataset(torch.zeros(4, 1, 2, 2), torch.tensor([0, 0, 0, 1]))
+    plain = evaluate(model, test, batch_size=2)
+    assert plain.accuracy == 0.25
+    offset = torch.log(torch.tensor([0.8, 0.2]))  # this client's prior: class 0 four times as likely
+    shifted = evaluate(model, test, batch_size=2, logit_offset=offset)
+    assert shifted.accuracy == 0.75  # argmax(0 + log .8, .5 + log .2) = class 0 for every image
+    by_hand = F.cross_entropy(torch.tensor([0.0, 0.5]) + offset, torch.tensor(0)).item() * 3
+    by_hand += F.cross_entropy(torch.tensor([0.0, 0.5]) + offset, torch.tensor(1)).item()
+    assert shifted.loss == pytest.approx(by_hand / 4, rel=1e-6)
+
+
+@pytest.mark.usefixtures("flower_identity")
+def test_predicting_with_the_prior_changes_evaluation_only(tmp_path):
+    import json
+
+    from server_app.app import FederatedRun
+    from tests.in_process import federation
+
+    rows = {}
+    for rule in ("plain", "prior"):
+        config = run_config(
+            results_dir=str(tmp_path / rule), expert_hidden=16, logit_adjust=1.0, logit_adjust_predict=rule
+        )
+        FederatedRun(Settings.from_run_config(config), federation(config, 2)).execute()
+        rows[rule] = json.loads((tmp_path / rule / "metrics.json").read_text())
+    trained = ("train-loss", "expert-load", "routed-load")
+    for plain, prior in zip(rows["plain"], rows["prior"]):
+        assert all(k in plain for k in trained)
+        assert {k: plain[k] for k in trained} == {k: prior[k] for k in trained}
+    assert any(p["accuracy"] != q["accuracy"] for p, q in zip(rows["plain"], rows["prior"]))

@@ -270,6 +270,7 @@ def test_committed_remedy_grid_changes_one_setting_per_remedy_in_each_cell():
         "fitness-0": {"initial-fitness"},
         "fitness-0+hidden": {"initial-fitness", "expert-kind"},  # the two best single remedies together
         "tune": {"adapt-steps", "adapt-lr", "adapt-rounds"},  # fine-tuning before the last test only
+        "logit-adjust+prior": {"logit-adjust", "logit-adjust-predict"},  # same training, prior put back
         "fitness-0+tune": {"initial-fitness", "adapt-steps", "adapt-lr", "adapt-rounds"},
     }
     faithful = {
@@ -289,5 +290,9 @@ def test_committed_remedy_grid_changes_one_setting_per_remedy_in_each_cell():
     assert {c.num_supernodes for c in cells if c.group.endswith("-c200")} == {200}
     sound = next(c for c in cells if c.group == "faithful-sb")
     assert sound.overrides["num-server-rounds"] == 40 and sound.overrides["dirichlet-alpha"] == 0.3
-    assert {c.group for c in cells if "+" in c.group} == {"fitness-0+hidden-c50", "fitness-0+tune-c50"}
-    assert len(cells) == 335 and {c.seed for c in cells} == {1, 2, 3, 4, 5}
+    assert {c.group for c in cells if "+" in c.group} == {
+        "fitness-0+hidden-c50",
+        "fitness-0+tune-c50",
+        "logit-adjust+prior-c50",
+    }
+    assert len(cells) == 350 and {c.seed for c in cells} == {1, 2, 3, 4, 5}
