@@ -16,6 +16,7 @@ from flexmoe_bench.report.price import (
     diagnosis_table,
     price_section,
     read_diagnoses,
+    remedy_reading,
 )
 from flexmoe_bench.report.stats import holm
 from flexmoe_bench.report.summaries import Runs
@@ -229,3 +230,28 @@ def test_a_tuned_variant_repeats_its_training_and_meets_dense_tuned_the_same_way
     assert rows[("fitness-0+tune flexmoe, adapted", "tune dense, adapted")].mean == pytest.approx(
         sum(tuned[s] - dense_tuned[s] for s in (1, 2, 3)) / 3
     )
+
+
+def test_the_reading_ranks_remedies_by_their_gain_and_sets_the_best_against_the_references():
+    prox = {1: 0.31, 2: 0.35, 3: 0.26}  # +0.0067 over faithful on average
+    hidden = {1: 0.60, 2: 0.66, 3: 0.58}
+    scores = {
+        ("faithful", "flexmoe"): FAITHFUL,
+        ("faithful", "dense"): DENSE,
+        ("faithful", "local"): LOCAL,
+        ("fitness-0", "flexmoe"): FITNESS_0,
+        ("hidden", "flexmoe"): hidden,
+        ("prox", "flexmoe"): prox,
+    }
+    rows = cell_tests(scores)
+    text = remedy_reading(scores, rows)
+    gains = [
+        (v, sum(x[s] - FAITHFUL[s] for s in (1, 2, 3)) / 3)
+        for v, x in (("fitness-0", FITNESS_0), ("hidden", hidden), ("prox", prox))
+    ]
+    better = {a.split()[0]: t.verdict == "better" for a, b, t in rows if b == "faithful flexmoe"}
+    expected = ", ".join(f"{v} {g:+.3f} (better in {int(better[v])} of 1)" for v, g in gains)
+    assert expected in text
+    assert "The best sparse variant (fitness-0 flexmoe, 0.733) is 0.030 below dense and 0.180 below local." in text
+    assert "(fitness-0, hidden) gains more than every remedy that only changes how" in text
+    assert remedy_reading({("faithful", "flexmoe"): FAITHFUL}, []) == ""

@@ -186,6 +186,74 @@ def tests_table(rows: Sequence[tuple[str, str, PairedTest]]) -> str:
     )
 
 
+# ------------------------------------------------------------------ reading
+
+
+# Remedies by what they change: who trains an expert and what an expert is (churn, shape), against how an
+# expert's few updates are averaged (the server step, the proximal term). The reading says which kind
+# the measured gains side with.
+CHANGES_WHO_OR_WHAT = ("fitness-0", "hidden")
+CHANGES_THE_AVERAGE = ("server-step", "prox")
+
+
+def remedy_gains(rows: Sequence[tuple[str, str, PairedTest]]) -> dict[str, list[PairedTest]]:
+    """variant -> its tests against the faithful rule it modifies (one per sparse rule)."""
+    gains: dict[str, list[PairedTest]] = {}
+    for a, b, test in rows:
+        variant, _, method = a.rpartition(" ")
+        if b == f"{FAITHFUL} {method}" and variant != FAITHFUL:
+            gains.setdefault(variant, []).append(test)
+    return gains
+
+
+def remedy_reading(
+    scores: Mapping[tuple[str, str], Mapping[int, float]], rows: Sequence[tuple[str, str, PairedTest]]
+) -> str:
+    """What the cell's table says, in words: remedies ranked by their mean gain over the faithful rules,
+    how many rules each makes better, the best variant against dense and local, and which kind of
+    remedy the gains side with. Empty without a remedy."""
+    gains = remedy_gains(rows)
+    if not gains:
+        return ""
+    mean_gain = {v: sum(t.mean for t in tests) / len(tests) for v, tests in gains.items()}
+    ranked = sorted(mean_gain, key=lambda v: -mean_gain[v])
+    parts = [
+        f"{v} {mean_gain[v]:+.3f} (better in {sum(t.verdict == 'better' for t in gains[v])} of {len(gains[v])})"
+        for v in ranked
+    ]
+    text = (
+        "Reading: remedies ranked by their gain over the faithful rule, averaged over the sparse rules "
+        "(in brackets, for how many rules the corrected test calls it better): " + ", ".join(parts) + "."
+    )
+    seeds = max(len(v) for v in scores.values())  # a variant still running its seeds is not "the best" yet
+    best = max(
+        ((v, m) for (v, m) in scores if m in SPARSE and len(scores[(v, m)]) == seeds),
+        key=lambda key: sum(scores[key].values()) / len(scores[key]),
+    )
+    best_score = sum(scores[best].values()) / len(scores[best])
+    gaps = []
+    for reference in REFERENCES:
+        if (FAITHFUL, reference) in scores:
+            ref = scores[(FAITHFUL, reference)]
+            gap = sum(ref.values()) / len(ref) - best_score
+            gaps.append(f"{abs(gap):.3f} {'below' if gap > 0 else 'above'} {reference}")
+    if gaps:
+        text += f" The best sparse variant ({best[0]} {best[1]}, {best_score:.3f}) is " + " and ".join(gaps) + "."
+    helpful = [v for v in CHANGES_WHO_OR_WHAT if v in mean_gain]
+    averaging = [v for v in CHANGES_THE_AVERAGE if v in mean_gain]
+    if helpful and averaging and min(mean_gain[v] for v in helpful) > max(mean_gain[v] for v in averaging):
+        text += (
+            " Every remedy that changes who trains an expert or what an expert is ("
+            + ", ".join(helpful)
+            + ") gains more than every remedy that only changes how an expert's few updates are averaged ("
+            + ", ".join(averaging)
+            + "): the data side with an expert being overwritten by a stream of different one- or two-class "
+            "holders (the diagnosis's probe change: gained on the holders' classes, lost on the others), not "
+            "with too few holders to average."
+        )
+    return text
+
+
 # ------------------------------------------------------------------ the section
 
 
@@ -254,7 +322,11 @@ def price_section(
         scores = {key: value for key, value in everything.items() if not evaluation_only(key[0])}
         if not scores:
             continue
-        lines += [f"#### Cell {cell}: {title}", "", scores_table(scores), "", tests_table(cell_tests(scores)), ""]
+        rows = cell_tests(scores)
+        lines += [f"#### Cell {cell}: {title}", "", scores_table(scores), "", tests_table(rows), ""]
+        reading = remedy_reading(scores, rows)
+        if reading:
+            lines += [reading, ""]
         adapted = adapted_scores(runs, cell)
         if adapted:
             lines += [
