@@ -255,3 +255,18 @@ def test_the_reading_ranks_remedies_by_their_gain_and_sets_the_best_against_the_
     assert "The best sparse variant (fitness-0 flexmoe, 0.733) is 0.030 below dense and 0.180 below local." in text
     assert "(fitness-0, hidden) gains more than every remedy that only changes how" in text
     assert remedy_reading({("faithful", "flexmoe"): FAITHFUL}, []) == ""
+
+
+def test_a_remedy_that_dense_also_ran_is_tested_against_dense_with_it():
+    remedied_dense = {1: 0.80, 2: 0.83, 3: 0.79}
+    scores = {
+        ("faithful", "flexmoe"): FAITHFUL,
+        ("faithful", "dense"): DENSE,
+        ("fitness-0", "flexmoe"): FITNESS_0,
+        ("fitness-0", "dense"): remedied_dense,
+    }
+    rows = {(a, b): t for a, b, t in cell_tests(scores)}
+    assert ("fitness-0 flexmoe", "fitness-0 dense") in rows and ("faithful flexmoe", "faithful dense") not in rows
+    assert rows[("fitness-0 flexmoe", "fitness-0 dense")].mean == pytest.approx(
+        sum(FITNESS_0[s] - remedied_dense[s] for s in (1, 2, 3)) / 3
+    )

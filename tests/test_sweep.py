@@ -271,6 +271,7 @@ def test_committed_remedy_grid_changes_one_setting_per_remedy_in_each_cell():
         "fitness-0+hidden": {"initial-fitness", "expert-kind"},  # the two best single remedies together
         "tune": {"adapt-steps", "adapt-lr", "adapt-rounds"},  # fine-tuning before the last test only
         "logit-adjust+prior": {"logit-adjust", "logit-adjust-predict"},  # same training, prior put back
+        "fitness-0+logit-adjust+prior": {"initial-fitness", "logit-adjust", "logit-adjust-predict"},
         "fitness-0+tune": {"initial-fitness", "adapt-steps", "adapt-lr", "adapt-rounds"},
     }
     faithful = {
@@ -294,5 +295,6 @@ def test_committed_remedy_grid_changes_one_setting_per_remedy_in_each_cell():
         "fitness-0+hidden-c50",
         "fitness-0+tune-c50",
         "logit-adjust+prior-c50",
+        "fitness-0+logit-adjust+prior-c50",
     }
-    assert len(cells) == 350 and {c.seed for c in cells} == {1, 2, 3, 4, 5}
+    assert len(cells) == 360 and {c.seed for c in cells} == {1, 2, 3, 4, 5}

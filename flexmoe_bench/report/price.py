@@ -151,7 +151,7 @@ def adapted_tests(
 
 def cell_tests(scores: Mapping[tuple[str, str], Mapping[int, float]]) -> list[tuple[str, str, PairedTest]]:
     """Each remedy minus its faithful rule (a combination `a+b` also minus each of a and b alone); each
-    sparse (variant, rule) minus dense and minus local."""
+    sparse (variant, rule) minus dense and minus local, and minus dense with the same remedy where it ran."""
     raw: list[tuple[str, str, PairedTest]] = []
     for (variant, method), a in scores.items():
         if method not in SPARSE:
@@ -164,6 +164,8 @@ def cell_tests(scores: Mapping[tuple[str, str], Mapping[int, float]]) -> list[tu
         for reference in REFERENCES:
             if (FAITHFUL, reference) in scores:
                 raw.append((name, reference, paired_test(a, scores[(FAITHFUL, reference)])))
+        if variant != FAITHFUL and (variant, "dense") in scores:  # dense with the same remedy on
+            raw.append((name, f"{variant} dense", paired_test(a, scores[(variant, "dense")])))
     decided = decide([t for _, _, t in raw])
     return [(a, b, t) for (a, b, _), t in zip(raw, decided)]
 
