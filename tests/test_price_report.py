@@ -270,3 +270,19 @@ def test_a_remedy_that_dense_also_ran_is_tested_against_dense_with_it():
     assert rows[("fitness-0 flexmoe", "fitness-0 dense")].mean == pytest.approx(
         sum(FITNESS_0[s] - remedied_dense[s] for s in (1, 2, 3)) / 3
     )
+
+
+def test_the_remedy_figure_is_drawn_from_the_scores(tmp_path: Path):
+    from flexmoe_bench.report.price import remedy_figure
+
+    scores = {
+        ("faithful", "flexmoe"): FAITHFUL,
+        ("faithful", "dense"): DENSE,
+        ("faithful", "local"): LOCAL,
+        ("fitness-0", "flexmoe"): FITNESS_0,
+        ("fitness-0", "dense"): DENSE,
+    }
+    path = remedy_figure(scores, "c50", tmp_path / "remedies_c50.png")
+    assert path == tmp_path / "remedies_c50.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert remedy_figure({("faithful", "dense"): DENSE}, "c50", tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()

@@ -101,7 +101,7 @@ def write_report(
         *(_convergence_section(runs, grid, drawn, image) if grid.has_convergence else []),
         *_paper_section(runs),
         *(regimes_section(*regimes, figures, image, _shown) if regimes else []),
-        *(price_section(*price, relative, _shown) if price else []),
+        *(price_section(*price, relative, _shown, figures) if price else []),
         *_not_run_section(),
         *_missing_section(grid.missing(runs)),
     ]

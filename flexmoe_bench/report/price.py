@@ -188,6 +188,66 @@ def tests_table(rows: Sequence[tuple[str, str, PairedTest]]) -> str:
     )
 
 
+# ------------------------------------------------------------------ figure
+
+
+def remedy_figure(scores: Mapping[tuple[str, str], Mapping[int, float]], cell: str, path: Path) -> Path | None:
+    """Each sparse (variant, rule)'s score with its 95 % t interval over seeds, one row per variant,
+    beside dense and local (mean as a line, interval as a band): how far each variant got."""
+    import math
+
+    import numpy as np
+    from scipy import stats
+
+    from flexmoe_bench.report.figures import _plt, _save
+
+    def interval(values: Mapping[int, float]) -> tuple[float, float]:
+        x = np.asarray(list(values.values()), dtype=float)
+        half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+        return float(x.mean()), half
+
+    variants = sorted({v for v, m in scores if m in SPARSE}, key=lambda v: (v != FAITHFUL, v))
+    if not variants:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(variants) + 1.6))
+    colours = {"flexmoe": "tab:blue", "greedy": "tab:orange", "bias-greedy": "tab:red"}
+    for row, variant in enumerate(variants):
+        for k, method in enumerate(SPARSE):
+            if (variant, method) in scores:
+                mean, half = interval(scores[(variant, method)])
+                y = row + (k - 1) * 0.22
+                ax.errorbar(
+                    mean,
+                    y,
+                    xerr=half,
+                    fmt="o",
+                    color=colours[method],
+                    ms=4,
+                    capsize=2,
+                    label=method if row == 0 or (variant, method) == (variants[-1], method) else None,
+                )
+        if variant != FAITHFUL and (variant, "dense") in scores:  # dense with the same remedy on
+            mean, half = interval(scores[(variant, "dense")])
+            ax.errorbar(mean, row + 0.33, xerr=half, fmt="x", color="0.35", ms=5, capsize=2, label="dense, same remedy")
+    for reference, colour in (("dense", "0.35"), ("local", "tab:green")):
+        if (FAITHFUL, reference) in scores:
+            mean, half = interval(scores[(FAITHFUL, reference)])
+            ax.axvline(mean, color=colour, lw=1, ls="--", label=f"{reference} (faithful)")
+            ax.axvspan(mean - half, mean + half, color=colour, alpha=0.12)
+    ax.set_yticks(range(len(variants)), variants)
+    ax.invert_yaxis()
+    ax.set_xlabel("score: cohort accuracy, mean of the last 5 rounds (95 % CI over seeds)")
+    ax.set_title(f"cell {cell}: each remedy against dense and training alone")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    _save(fig, path)
+    return path
+
+
 # ------------------------------------------------------------------ reading
 
 
@@ -284,6 +344,7 @@ def price_section(
     study_file: Path,
     link: Callable[[Path], str],
     shown: Callable[[Path], Path],
+    figures: Path | None = None,
 ) -> list[str]:
     """The "price of holding k of E experts" section; `link` turns a file into a path relative to the report."""
     lines = [
@@ -329,6 +390,9 @@ def price_section(
         reading = remedy_reading(scores, rows)
         if reading:
             lines += [reading, ""]
+        drawn = remedy_figure(scores, cell, figures / f"remedies_{cell}.png") if figures is not None else None
+        if drawn is not None:
+            lines += [f"![cell {cell}: each remedy's score against dense and local]({link(drawn)})", ""]
         adapted = adapted_scores(runs, cell)
         if adapted:
             lines += [
