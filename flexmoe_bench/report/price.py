@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from flexmoe_bench.report.regimes import score
-from flexmoe_bench.report.stats import PairedTest, decide, last_rounds_mean, paired_test
+from flexmoe_bench.report.stats import PairedTest, decide, last_rounds_mean, mean_std, paired_test, t_half_width
 from flexmoe_bench.report.summaries import Grid, Runs, load_summaries
 from flexmoe_bench.report.tables import TEST_HEADER, fmt_seeds, fmt_test, table, test_cells
 
@@ -194,17 +194,11 @@ def tests_table(rows: Sequence[tuple[str, str, PairedTest]]) -> str:
 def remedy_figure(scores: Mapping[tuple[str, str], Mapping[int, float]], cell: str, path: Path) -> Path | None:
     """Each sparse (variant, rule)'s score with its 95 % t interval over seeds, one row per variant,
     beside dense and local (mean as a line, interval as a band): how far each variant got."""
-    import math
-
-    import numpy as np
-    from scipy import stats
-
     from flexmoe_bench.report.figures import _plt, _save
 
     def interval(values: Mapping[int, float]) -> tuple[float, float]:
-        x = np.asarray(list(values.values()), dtype=float)
-        half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
-        return float(x.mean()), half
+        mean, std = mean_std(list(values.values()))
+        return mean, t_half_width(std, len(values)) if len(values) > 1 else 0.0
 
     variants = sorted({v for v, m in scores if m in SPARSE}, key=lambda v: (v != FAITHFUL, v))
     if not variants:

@@ -44,6 +44,11 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else math.nan
 
 
+def t_half_width(std: float, n: int) -> float:
+    """Half the width of the 95 % t interval of a mean of n values with sample std `std`."""
+    return float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+
+
 def paired_difference(a: Mapping[int, float], b: Mapping[int, float]) -> tuple[float, float, int]:
     """Mean and std of a[seed] - b[seed] over the seeds both have, and how many there are."""
     seeds = sorted(set(a) & set(b))
@@ -85,7 +90,7 @@ def paired_test(a: Mapping[Any, float], b: Mapping[Any, float]) -> PairedTest:
     wilcoxon_p = _wilcoxon(d)
     if n < 2:
         return PairedTest(n, mean, std, (math.nan, math.nan), math.nan, wilcoxon_p, math.nan)
-    half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    half = t_half_width(std, n)
     # Equal differences (up to float round-off: accuracies are multiples of 1 / test-set size) leave
     # no spread to estimate: no t-test, rather than p = 0 from a round-off std.
     spread = std > 1e-9 * max(1.0, abs(mean))
