@@ -36,7 +36,7 @@ import tomllib
 from flexmoe_bench import local, machine
 from flexmoe_bench.experiment import APP_DIR, _defaults, summarise
 from flexmoe_bench.launcher import RunOutcome, SimulationSuperLink
-from flexmoe_bench.study import Cell, expand, holding_counts, select
+from flexmoe_bench.study import Cell, expand, holding_counts, select, twin_summary
 from flexmoe_core.config import Settings
 from flexmoe_core.files import atomic_write_json
 from flexmoe_core.tracking import TRACKERS
@@ -86,11 +86,12 @@ def validate(cells: list[Cell], results_root: Path) -> None:
 
 
 def summary_status(cell: Cell, summaries: Path) -> str:
-    """`done` (a summary of exactly this cell's run config), `stale` (the study file changed since) or `todo`."""
+    """`done` (a summary of exactly this cell's run config), `stale` (the study file changed since), `same`
+    (no summary of its own, but the same training summarised by another study: `same-runs-as`) or `todo`."""
     path = summaries / f"{cell.id}.json"
-    if not path.is_file():
-        return "todo"
-    return "done" if json.loads(path.read_text()).get("run-config") == cell.overrides else "stale"
+    if path.is_file():
+        return "done" if json.loads(path.read_text()).get("run-config") == cell.overrides else "stale"
+    return "same" if twin_summary(cell) is not None else "todo"
 
 
 def curves(rounds: list[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -311,10 +312,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.verify:
         return _verify_main(args, cells, summaries)
-    todo = [c for c in cells if args.force or status[c.id] != "done"]
+    todo = [c for c in cells if args.force or status[c.id] not in ("done", "same")]
     stale = sum(1 for c in cells if status[c.id] == "stale")
+    elsewhere = 0 if args.force else sum(1 for c in cells if status[c.id] == "same")
     print(
-        f"{len(cells)} cells, {len(cells) - len(todo)} already summarised in {summaries}, {len(todo)} to run"
+        f"{len(cells)} cells, {len(cells) - len(todo) - elsewhere} already summarised in {summaries}"
+        + (f" and {elsewhere} by another study (same-runs-as)" if elsewhere else "")
+        + f", {len(todo)} to run"
         + (f" ({stale} with a summary of another run config: re-run)" if stale else ""),
         flush=True,
     )

@@ -286,3 +286,36 @@ def test_the_remedy_figure_is_drawn_from_the_scores(tmp_path: Path):
     assert path == tmp_path / "remedies_c50.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert remedy_figure({("faithful", "dense"): DENSE}, "c50", tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+def test_a_group_reads_the_same_training_from_another_study_and_says_so(tmp_path: Path):
+    """`same-runs-as`: faithful-c50 here is another study's group `base`, run with the same training but
+    without adaptation; a twin trained differently (another lr) is not borrowed, so that cell is missing."""
+    other = tmp_path / "regimes"
+    other.mkdir()
+    for s in summaries():
+        if s["group"] == "faithful-c50":
+            twin = {**s, "group": "base", "cell": f"base-{s['method']}-s{s['seed']}"}
+            if (s["method"], s["seed"]) == ("dense", 3):
+                twin["run-config"] = {**s["run-config"], "lr": 0.5}
+            (other / f"{twin['cell']}.json").write_text(json.dumps(twin))
+    study = tmp_path / "remedies.toml"
+    study.write_text(
+        STUDY.replace("num-server-rounds = 6", "num-server-rounds = 6\nadapt-steps = 5").replace(
+            'methods = ["flexmoe", "dense", "local"]',
+            f'methods = ["flexmoe", "dense", "local"]\nsame-runs-as = {{ summaries = "{other}", group = "base" }}',
+        )
+    )
+    runs_dir = tmp_path / "runs"
+    runs_dir.mkdir()
+    for s in summaries():
+        if s["group"] == "fitness-0-c50":
+            s["run-config"] = {**s["run-config"], "adapt-steps": 5}
+            (runs_dir / f"{s['cell']}.json").write_text(json.dumps(s))
+    text = "\n".join(price_section(tmp_path / "none", runs_dir, study, lambda p: p.name, lambda p: p))
+    assert (
+        f"Cells done: 11 of 12 (8 of them read from another study that ran the same training, same-runs-as: "
+        f"faithful-c50 from {other}, group base; without adapted accuracy)"
+    ) in text
+    # the borrowed rows are the twins' scores, dense with two seeds (its third twin trained otherwise)
+    assert "| faithful | 0.3000 ± 0.0500 (n=3) | 0.7750 ± 0.0354 (n=2) | 0.9133 ± 0.0153 (n=3) |" in text

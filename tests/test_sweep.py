@@ -8,7 +8,7 @@ import pytest
 import tomllib
 
 from flexmoe_bench.launcher import RunOutcome
-from flexmoe_bench.study import expand, holding_counts, select
+from flexmoe_bench.study import expand, holding_counts, select, twin_summary
 from flexmoe_bench.sweep import APP_DIR, main, run_cells, validate
 
 STUDY = """
@@ -122,6 +122,42 @@ def test_summarised_cells_are_skipped_so_a_sweep_resumes(tmp_path, capsys):
     (summaries / f"{cells[1].id}.json").write_text(json.dumps({"run-config": {**cells[1].overrides, "lr": 9.0}}))
     assert main(["--study", str(study), "--summaries", str(summaries), "--list"]) == 0
     assert capsys.readouterr().out.splitlines()[1] == f"stale {cells[1].id}"
+
+
+def test_a_group_with_same_runs_as_skips_cells_another_study_ran_with_the_same_training(tmp_path, capsys):
+    other = tmp_path / "regimes"
+    other.mkdir()
+    study = tmp_path / "study.toml"
+    twins = f'name = "k1"\nsame-runs-as = {{ summaries = "{other}", group = "base" }}'
+    # adapt-steps in k1's `set` changes evaluation only, so not the training
+    study.write_text(STUDY.replace('name = "k1"', twins).replace("top-r = 1 }", "top-r = 1, adapt-steps = 5 }"))
+    (k1,) = [c for c in expand(tomllib.loads(study.read_text())) if c.group == "k1"]
+    assert k1.twin == other / "base-flexmoe-s7.json" and k1.overrides["adapt-steps"] == 5
+    summaries = tmp_path / "runs"
+    summaries.mkdir()
+    for cell in expand(tomllib.loads(study.read_text())):
+        if cell.group != "k1":
+            (summaries / f"{cell.id}.json").write_text(json.dumps({"run-config": cell.overrides}))
+
+    def listing() -> str:
+        assert main(["--study", str(study), "--summaries", str(summaries), "--list"]) == 0
+        return capsys.readouterr().out.splitlines()[-1]
+
+    assert listing() == "todo  k1-flexmoe-s7"  # no twin yet
+    training = {k: v for k, v in k1.overrides.items() if k != "adapt-steps"}
+    (other / "base-flexmoe-s7.json").write_text(json.dumps({"group": "base", "run-config": {**training, "lr": 0.5}}))
+    assert listing() == "todo  k1-flexmoe-s7"  # a twin that trained otherwise is not the same run
+    (other / "base-flexmoe-s7.json").write_text(json.dumps({"group": "base", "run-config": training}))
+    assert listing() == "same  k1-flexmoe-s7"
+    assert main(["--study", str(study), "--summaries", str(summaries), "--results", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "9 cells, 8 already summarised in" in out and "and 1 by another study (same-runs-as), 0 to run" in out
+
+
+def test_same_runs_as_must_name_a_folder_and_a_group():
+    bad = STUDY.replace('name = "k1"', 'name = "k1"\nsame-runs-as = "docs/regimes/runs"')
+    with pytest.raises(SystemExit, match="group 'k1' same-runs-as must be"):
+        expand(tomllib.loads(bad))
 
 
 def test_holding_counts_count_rounds_per_client_and_expert():
@@ -296,5 +332,11 @@ def test_committed_remedy_grid_changes_one_setting_per_remedy_in_each_cell():
         "fitness-0+tune-c50",
         "logit-adjust+prior-c50",
         "fitness-0+logit-adjust+prior-c50",
+        "fitness-0+logit-adjust+prior-sb",
     }
-    assert len(cells) == 360 and {c.seed for c in cells} == {1, 2, 3, 4, 5}
+    # the sound base's faithful and fitness-0 rules are the regime grid's runs of the same training
+    for cell in cells:
+        if cell.group in ("faithful-sb", "fitness-0-sb"):
+            assert cell.twin is not None and cell.twin.parent == APP_DIR / "docs" / "regimes" / "runs", cell.id
+    assert twin_summary(next(c for c in cells if c.id == "faithful-sb-dense-s1")) is not None
+    assert len(cells) == 365 and {c.seed for c in cells} == {1, 2, 3, 4, 5}

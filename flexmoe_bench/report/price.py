@@ -313,6 +313,24 @@ def remedy_reading(
 # ------------------------------------------------------------------ the section
 
 
+def borrowed_note(runs: Runs) -> str:
+    """Which groups' runs were read from another study (`same-runs-as`) and from where, as a bracket for
+    the "cells done" sentence; empty without any."""
+    sources: dict[tuple[str, str], int] = {}
+    for r in runs.all:
+        if "borrowed-from" in r:
+            source = r["borrowed-from"]
+            key = (r["group"], f"{Path(source['summary']).parent}, group {source['group']}")
+            sources[key] = sources.get(key, 0) + 1
+    if not sources:
+        return ""
+    listed = "; ".join(f"{group} from {source}" for group, source in sources)
+    return (
+        f" ({sum(sources.values())} of them read from another study that ran the same training, "
+        f"same-runs-as: {listed}; without adapted accuracy)"
+    )
+
+
 def _adapt_setting(runs: Runs, cell: str) -> str:
     """The adaptation settings of the cell's runs and the variants that used each, e.g.
     "adapt-steps 5, adapt-lr 0.01 every round: faithful, fitness-0"."""
@@ -368,10 +386,10 @@ def price_section(
         "### The remedy grid",
         "",
         f"Grid `{shown(study_file)}`, summaries in `{shown(summaries_dir)}/` (`python -m flexmoe_bench.sweep "
-        f"--study {shown(study_file)} --summaries {shown(summaries_dir)}`). Cells done: {done} of {total}. "
-        "Score: the cohort's accuracy averaged over the last 5 rounds. Each remedy changes one setting of the "
-        "faithful rule; tests paired by seed, Holm across each cell's table, a verdict word only where the "
-        "corrected paired t-test rejects at 0.05.",
+        f"--study {shown(study_file)} --summaries {shown(summaries_dir)}`). Cells done: {done} of {total}"
+        f"{borrowed_note(runs)}. Score: the cohort's accuracy averaged over the last 5 rounds. Each remedy changes "
+        "one setting of the faithful rule; tests paired by seed, Holm across each cell's table, a verdict word "
+        "only where the corrected paired t-test rejects at 0.05.",
         "",
     ]
     for cell, title in CELLS.items():

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import tomllib
 
-from flexmoe_bench.study import Cell, expand
+from flexmoe_bench.study import Cell, expand, twin_summary
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: default paths, and paths the report prints
 METHODS = ("flexmoe", "greedy", "random", "static", "dense", "bias-greedy", "sinkhorn")
@@ -79,9 +79,13 @@ class Grid:
         return cls(expand(tomllib.loads(study_file.read_text())))
 
     def current(self, loaded: Sequence[Summary]) -> Runs:
-        """The summaries of the cells as the study file now defines them; others are stale and ignored."""
+        """The summaries of the cells as the study file now defines them (others are stale and ignored),
+        and for a cell without one, the same training's summary in another study (`same-runs-as`)."""
         wanted = {c.id: c.overrides for c in self.cells}
-        return Runs([r for r in loaded if wanted.get(r["cell"]) == r.get("run-config")])
+        own = [r for r in loaded if wanted.get(r["cell"]) == r.get("run-config")]
+        have = {r["cell"] for r in own}
+        borrowed = [twin_summary(c) for c in self.cells if c.id not in have]
+        return Runs(own + [r for r in borrowed if r is not None])
 
     def missing(self, runs: Runs) -> list[Cell]:
         have = {r["cell"] for r in runs.all}
