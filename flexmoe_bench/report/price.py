@@ -204,7 +204,7 @@ def remedy_figure(scores: Mapping[tuple[str, str], Mapping[int, float]], cell: s
     if not variants:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(variants) + 1.6))
+    fig, ax = plt.subplots(figsize=(9.0, 0.45 * len(variants) + 1.8))
     colours = {"flexmoe": "tab:blue", "greedy": "tab:orange", "bias-greedy": "tab:red"}
     for row, variant in enumerate(variants):
         for k, method in enumerate(SPARSE):
@@ -235,7 +235,8 @@ def remedy_figure(scores: Mapping[tuple[str, str], Mapping[int, float]], cell: s
     ax.set_title(f"cell {cell}: each remedy against dense and training alone")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
-    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="lower right")
+    # outside the axes: inside, it covers the reference bands the points are read against
+    ax.legend(unique.values(), unique.keys(), fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
