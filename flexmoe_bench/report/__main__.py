@@ -13,7 +13,7 @@ from flexmoe_bench.report.summaries import ROOT
 
 
 def _grid(path: Path, option: str) -> Path | None:
-    """A grid file to report, or None for '' (argparse turns '' into Path('.'))."""
+    """A grid (or summary) file to report, or None for '' (argparse turns '' into Path('.'))."""
     if str(path) in ("", "."):
         return None
     if not path.is_file():
@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
         default=ROOT / "conf" / "remedies.toml",
         help="the remedy grid, reported with the diagnoses in their own section; '' for none",
     )
+    parser.add_argument(
+        "--attacks-summary",
+        type=Path,
+        default=ROOT / "docs" / "attacks" / "summary.json",
+        help="the attack table's runs (python -m flexmoe_bench.attacks), reported in their own section; '' for none",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--figures", type=Path, default=ROOT / "docs" / "figures")
     parser.add_argument(
@@ -61,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         args.figures.resolve(),
         (args.regimes_summaries.resolve(), regimes_study) if regimes_study else None,
         (args.diagnosis.resolve(), args.remedies_summaries.resolve(), remedies_study) if remedies_study else None,
+        _grid(args.attacks_summary, "--attacks-summary"),
     )
     print(f"wrote {path} and its figures in {args.figures}")
     if args.readme and quote_in_readme(args.readme, path):

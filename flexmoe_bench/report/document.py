@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from flexmoe_bench.report.attacks import attack_section
 from flexmoe_bench.report.figures import Figures, draw_figures
 from flexmoe_bench.report.price import price_section
 from flexmoe_bench.report.reading import beside_paper, reading, slack_bounds
@@ -69,10 +70,12 @@ def write_report(
     figures: Path,
     regimes: tuple[Path, Path] | None = None,
     price: tuple[Path, Path, Path] | None = None,
+    attacks: Path | None = None,
 ) -> Path:
     """docs/results.md from the study's summaries; `regimes` = (summaries dir, study file) of the
     regime grid adds its section ("When does balance matter?", flexmoe_bench.report.regimes), `price` =
-    (diagnosis dir, remedy summaries dir, remedy study file) the price section (flexmoe_bench.report.price)."""
+    (diagnosis dir, remedy summaries dir, remedy study file) the price section (flexmoe_bench.report.price),
+    `attacks` = the attack table's summary.json the poisoning section (flexmoe_bench.report.attacks)."""
     grid = Grid.read(study_file)
     loaded = load_summaries(summaries_dir)
     runs = grid.current(loaded)
@@ -102,6 +105,7 @@ def write_report(
         *_paper_section(runs),
         *(regimes_section(*regimes, figures, image, _shown) if regimes else []),
         *(price_section(*price, relative, _shown, figures) if price else []),
+        *(attack_section(attacks, relative, _shown, figures) if attacks else []),
         *_not_run_section(),
         *_missing_section(grid.missing(runs)),
     ]
