@@ -11,8 +11,10 @@ from scipy import stats
 from flexmoe_bench.report.attacks import (
     accuracy_table,
     attack_section,
+    attacks,
     best_defences,
     clean_cost_tests,
+    columns,
     drops,
     failing_attacks,
     load_scores,
@@ -50,6 +52,13 @@ def test_rows_written_before_the_seed_and_holder_axes_count_as_seed_42_and_one_h
     scores = load_scores(write_summary(tmp_path, legacy=True))
     assert scores[("sign-flip", "norm-clip", 1)] == {42: 0.30, 43: 0.35, 44: 0.28}
     assert load_scores(tmp_path / "absent.json") == {}
+
+
+def test_columns_go_by_min_holders_then_by_defence_in_order_of_appearance():
+    scores = {("none", "median", 3): {42: 0.5}, ("none", "none", 1): {42: 0.6}, ("none", "none", 3): {42: 0.5}}
+    assert columns(scores) == [("none", 1), ("median", 3), ("none", 3)]
+    scores[("scale", "none", 1)] = {42: 0.1}
+    assert attacks(scores) == ["none", "scale"]
 
 
 def test_the_table_gives_mean_and_std_over_seeds_with_the_best_defence_in_bold(tmp_path: Path):
@@ -104,7 +113,7 @@ def test_an_attack_no_defence_holds_is_named_in_the_section(tmp_path: Path):
     )
     assert failing_attacks(load_scores(path)) == ["sign-flip"]
     text = "\n".join(attack_section(path, lambda p: p.name, lambda p: p, tmp_path / "figures"))
-    assert "Attacks that still win against every defence here: sign-flip." in text
+    assert "Attacks whose best defence here still falls more than 0.05 below its clean accuracy: sign-flip." in text
     assert "| sign-flip | norm-clip, h = 1 | 0.310 | 0.597 |" in text
     assert (tmp_path / "figures" / "attacks.png").is_file()
     assert attack_section(tmp_path / "absent.json", str, lambda p: p) == []

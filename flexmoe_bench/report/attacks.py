@@ -38,9 +38,10 @@ def load_scores(summary: Path) -> Scores:
 
 
 def columns(scores: Scores) -> list[Column]:
-    """The (defence, min-holders) columns present, by min-holders then in order of appearance."""
-    found = list(dict.fromkeys((d, h) for _, d, h in scores))
-    return sorted(found, key=lambda c: c[1])
+    """The (defence, min-holders) columns present, by min-holders, then defences in order of appearance."""
+    defences = list(dict.fromkeys(d for _, d, _ in scores))
+    found = set((d, h) for _, d, h in scores)
+    return sorted(found, key=lambda c: (c[1], defences.index(c[0])))
 
 
 def attacks(scores: Scores) -> list[str]:
@@ -210,9 +211,10 @@ def attack_section(
         failing = failing_attacks(scores)
         lines += [
             (
-                f"Attacks that still win against every defence here: {', '.join(failing)}."
+                f"Attacks whose best defence here still falls more than {TARGET_DROP:.2f} below its clean accuracy: "
+                f"{', '.join(failing)}."
                 if failing
-                else "Every attack here is held within the target by at least one defence."
+                else "Every attack's best defence here stays within the target."
             ),
             "",
         ]
@@ -220,6 +222,6 @@ def attack_section(
 
 
 def failing_attacks(scores: Scores) -> list[str]:
-    """The attacks whose best defence still misses the target (for prose and tests)."""
+    """The attacks whose best defence (highest accuracy under the attack) misses the target by its mean drop."""
     tests = drops(scores)
     return [row[0] for row in best_defences(scores, tests) if row[-1] == "**no**"]
