@@ -143,7 +143,9 @@ def attack_figure(scores: Scores, path: Path) -> Path | None:
     grid = [[_mean(scores[(a, *c)]) if (a, *c) in scores else math.nan for c in cols] for a in rows]
     plt = _plt()
     fig, ax = plt.subplots(figsize=(1.05 * len(cols) + 2.2, 0.55 * len(rows) + 1.6))
-    image = ax.imshow(grid, cmap="viridis", vmin=0.0, vmax=max(0.7, max(v for r in grid for v in r if v == v)))
+    image = ax.imshow(
+        grid, cmap="viridis", aspect="auto", vmin=0.0, vmax=max(0.7, max(v for r in grid for v in r if v == v))
+    )
     for i, row in enumerate(grid):
         for j, value in enumerate(row):
             if not math.isnan(value):
