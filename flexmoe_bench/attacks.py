@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s]
     base = load_overrides(args.config, [])
     out, summary_dir = args.out.resolve(), args.summary_dir.resolve()
-    rows = _load_rows(summary_dir)
+    rows = load_rows(summary_dir / "summary.json")
     todo = [c for c in cells(attacks, defences, holders, seeds) if key(*c) not in rows]
     ok = _run_all(todo, base, out, summary_dir, rows, args.num_supernodes) if todo else True
     print("\n" + format_table(rows, attacks, defences, holders))
@@ -139,8 +139,9 @@ def format_table(
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
 
 
-def _load_rows(out: Path) -> dict[str, dict[str, Any]]:
-    path = out / "summary.json"
+def load_rows(path: Path) -> dict[str, dict[str, Any]]:
+    """The runs of a summary.json by cell key, rows from before the min-holders and seed axes completed
+    with LEGACY; none if the file does not exist yet."""
     rows = json.loads(path.read_text()) if path.is_file() else []
     rows = [{"attack": r["attack"], "defence": r["defence"], **LEGACY, **r} for r in rows]
     return {key(r["attack"], r["defence"], int(r["min-holders"]), int(r["seed"])): r for r in rows}

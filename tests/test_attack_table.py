@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from flexmoe_bench.attacks import _load_rows, cells, format_table, main
+from flexmoe_bench.attacks import cells, format_table, load_rows, main
 
 
 def test_cells_put_the_clean_run_first_for_every_defence_and_seed():
@@ -37,7 +37,7 @@ def test_table_gives_mean_and_std_over_seeds_and_marks_missing_cells():
 
 def test_rows_from_before_the_seed_and_holder_axes_count_as_seed_42_min_holders_1(tmp_path):
     (tmp_path / "summary.json").write_text(json.dumps([{"attack": "none", "defence": "none", "accuracy": 0.6}]))
-    assert list(_load_rows(tmp_path)) == ["none/none/h1/s42"]
+    assert list(load_rows(tmp_path / "summary.json")) == ["none/none/h1/s42"]
 
 
 def test_unknown_attack_or_defence_is_refused_before_any_run(tmp_path):

@@ -9,19 +9,19 @@ clean accuracy) checked per attack.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from flexmoe_bench.attacks import load_rows
 from flexmoe_bench.report.stats import PairedTest, decide, mean_std, paired_test
-from flexmoe_bench.report.tables import TEST_HEADER, fmt_test, table, test_cells
+from flexmoe_bench.report.tables import TEST_HEADER, fmt, fmt_test, table, test_cells
 
 CLEAN = "none"  # the attack column of a clean run
 CLEAN_LABEL = "none (clean)"
 NO_DEFENCE = ("none", 1)  # (robust-aggregation, min-holders) of the undefended federation
 TARGET_DROP = 0.05  # issue #24: the best defence stays within 5 points of its clean accuracy
-LEGACY = {"min-holders": 1, "seed": 42}  # rows written before these axes existed ran with these
+MISSED = "**no**"  # the "target met" cell of an attack whose best defence misses the target
 
 Column = tuple[str, int]  # (defence, min-holders)
 Scores = dict[tuple[str, str, int], dict[int, float]]  # (attack, defence, min-holders) -> seed -> accuracy
@@ -29,10 +29,8 @@ Scores = dict[tuple[str, str, int], dict[int, float]]  # (attack, defence, min-h
 
 def load_scores(summary: Path) -> Scores:
     """(attack, defence, min-holders) -> seed -> final accuracy, from the attack table's summary.json."""
-    rows = json.loads(summary.read_text()) if summary.is_file() else []
     scores: Scores = {}
-    for row in rows:
-        r = {**LEGACY, **row}
+    for r in load_rows(summary).values():
         scores.setdefault((r["attack"], r["defence"], int(r["min-holders"])), {})[int(r["seed"])] = float(r["accuracy"])
     return scores
 
@@ -66,8 +64,7 @@ def accuracy_table(scores: Scores) -> str:
             if c not in present:
                 cells.append("—")
                 continue
-            mean, std = mean_std(list(present[c].values()))
-            text = f"{mean:.3f}" + ("" if math.isnan(std) else f" ± {std:.3f}") + f" ({len(present[c])})"
+            text = f"{fmt(*mean_std(list(present[c].values())), digits=3)} ({len(present[c])})"
             cells.append(f"**{text}**" if c == best else text)
         body.append([CLEAN_LABEL if attack == CLEAN else attack, *cells])
     return table(("attack \\ defence", *(f"{d}, h = {h}" for d, h in cols)), body)
@@ -119,7 +116,7 @@ def best_defences(scores: Scores, tests: Mapping[tuple[str, Column], PairedTest]
         if test.mean >= -TARGET_DROP:
             met = "yes" + (", interval too" if test.n > 1 and test.ci[0] >= -TARGET_DROP else "")
         else:
-            met = "**no**"
+            met = MISSED
         rows.append(
             [
                 attack,
@@ -195,6 +192,8 @@ def attack_section(
         ]
     tests = drops(scores)
     if tests:
+        best = best_defences(scores, tests)
+        failing = failing_attacks(best)
         lines += [
             "How far each attack pulls each defence below its own clean accuracy (attacked − clean, paired by seed, "
             "95 % t interval):",
@@ -206,11 +205,10 @@ def attack_section(
             "",
             table(
                 ("attack", "best defence", "accuracy", "its clean accuracy", "drop [95 % CI]", "target met"),
-                best_defences(scores, tests),
+                best,
             ),
             "",
         ]
-        failing = failing_attacks(scores)
         lines += [
             (
                 f"Attacks whose best defence here still falls more than {TARGET_DROP:.2f} below its clean accuracy: "
@@ -223,7 +221,6 @@ def attack_section(
     return lines
 
 
-def failing_attacks(scores: Scores) -> list[str]:
-    """The attacks whose best defence (highest accuracy under the attack) misses the target by its mean drop."""
-    tests = drops(scores)
-    return [row[0] for row in best_defences(scores, tests) if row[-1] == "**no**"]
+def failing_attacks(best: Sequence[Sequence[str]]) -> list[str]:
+    """The attacks whose best defence (a row of `best_defences`) misses the target by its mean drop."""
+    return [row[0] for row in best if row[-1] == MISSED]
