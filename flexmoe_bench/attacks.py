@@ -24,13 +24,21 @@ from flexmoe_core.robust_aggregation import ROBUST_METHODS
 
 SEEDS = (42, 43, 44)
 LEGACY = {"min-holders": 1, "seed": 42}  # what rows written before these axes existed ran with
+SCREEN = 3.0  # norm-screen of the screened defences: x10 updates are far past it, honest ones within
+# A defence is the settings it runs with: each robust rule alone, and the norm screen in front of the
+# plain mean and of norm-clip.
+DEFENCES: dict[str, dict[str, Any]] = {
+    **{rule: {"robust-aggregation": rule} for rule in ROBUST_METHODS},
+    "norm-screen": {"robust-aggregation": "none", "norm-screen": SCREEN},
+    "norm-screen+norm-clip": {"robust-aggregation": "norm-clip", "norm-screen": SCREEN},
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=APP_DIR / "conf" / "attacks.toml")
     parser.add_argument("--attacks", default=",".join(ATTACKS[1:]), help="comma-separated, from " + ", ".join(ATTACKS))
-    parser.add_argument("--defences", default=",".join(ROBUST_METHODS), help="from " + ", ".join(ROBUST_METHODS))
+    parser.add_argument("--defences", default=",".join(DEFENCES), help="from " + ", ".join(DEFENCES))
     parser.add_argument("--min-holders", default="1,3", help="comma-separated min-holders values")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
     parser.add_argument("--num-supernodes", type=int, default=10)
@@ -60,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     attacks = [a for a in args.attacks.split(",") if a and a != "none"]
     defences = [d for d in args.defences.split(",") if d]
-    bad = [a for a in attacks if a not in ATTACKS] + [d for d in defences if d not in ROBUST_METHODS]
+    bad = [a for a in attacks if a not in ATTACKS] + [d for d in defences if d not in DEFENCES]
     if bad:
-        raise SystemExit(f"unknown attack or defence {bad}; allowed: {ATTACKS} and {ROBUST_METHODS}")
+        raise SystemExit(f"unknown attack or defence {bad}; allowed: {ATTACKS} and {tuple(DEFENCES)}")
     holders = [int(h) for h in args.min_holders.split(",") if h]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     base = load_overrides(args.config, [])
@@ -90,7 +98,7 @@ def _run_all(
             overrides = {
                 **base,
                 "attack": attack,
-                "robust-aggregation": defence,
+                **DEFENCES[defence],
                 "min-holders": holders,
                 "seed": seed,
                 "results-dir": str(results),
@@ -102,10 +110,17 @@ def _run_all(
                 print(f"run {name} failed (status {outcome.status}):\n{outcome.log[-2000:]}", file=sys.stderr)
                 return False
             summary = summarise("flexmoe", results, outcome.seconds)
-            rows[name] = {"attack": attack, "defence": defence, "min-holders": holders, "seed": seed, **summary}
+            row = {"attack": attack, "defence": defence, "min-holders": holders, "seed": seed, **summary}
+            rows[name] = {**row, "screened": screened_updates(results)}
             _write(summary_dir, rows)
             print(f"    accuracy {rows[name]['accuracy']:.4f} in {outcome.seconds:.0f}s", flush=True)
     return True
+
+
+def screened_updates(results: Path) -> int:
+    """Client updates the norm screen left out, over the run's rounds (on a clean run: honest ones)."""
+    rounds = json.loads((results / "metrics.json").read_text())
+    return sum(int(r.get("num-screened", 0)) for r in rounds)
 
 
 def cell_accuracies(rows: dict[str, dict[str, Any]], attack: str, defence: str, holders: int) -> list[float]:

@@ -108,6 +108,9 @@ class Settings:
     direction_threshold: float = 0.0
     direction_action: str = "drop"
     direction_reference: str = "round"
+    # Norm screen before the robust rule: drop a client whose update of some group is longer than
+    # this factor x its pool's median norm (0 = off; flexmoe_core.robust_aggregation.screen_updates).
+    norm_screen: float = 0.0
     # Redundancy (flexmoe_core.redundancy): every expert trained in a round has >= min-holders holders.
     min_holders: int = 1
     max_declared_examples: int = 1_000_000
@@ -204,6 +207,8 @@ class Settings:
         check.between("direction-threshold", self.direction_threshold, -1.0, 1.0, "a cosine in [-1, 1] (-1 = off)")
         check.choice("direction-action", self.direction_action, DIRECTION_ACTIONS)
         check.choice("direction-reference", self.direction_reference, DIRECTION_REFERENCES)
+        if not (self.norm_screen == 0.0 or self.norm_screen > 1.0):
+            out.append(f"norm-screen must be 0 (off) or > 1 (a multiple of the median norm), got {self.norm_screen!r}")
         check.at_least("min-holders", self.min_holders, 1)
         if self.min_holders > 1 and self.assignment != "flexmoe":
             out.append(f"min-holders > 1 needs assignment = 'flexmoe', got {self.assignment!r} (use min-holders = 1)")

@@ -32,12 +32,22 @@ Methods (`robust-aggregation`):
 
 An expert nobody held keeps its weights, as in plain aggregation, and every output
 array has its global array's dtype.
+
+Norm screening (`norm-screen` = F > 1, 0 = off) runs before any of these: a client whose update
+of some group is longer than F x its pool's median norm (the pools of norm-clip) is dropped from
+the round's aggregation altogether, every group of it, and reported (:func:`screen_updates`).
+Clipping bounds such an update but still counts it, at up to clip-factor x an honest client's
+pull and in whatever direction it points; with 2-3 holders per expert that pull decides an
+expert. Screening judges a client by its whole update against pools of every participant, where
+an honest majority exists, so an update blown up by s >> F never reaches the average. An update
+scaled by s <= F passes and is left to the rule after it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -46,6 +56,29 @@ from flexmoe_core.aggregation import ClientUpdate, State, aggregate
 from flexmoe_core.centered_clip import centered_clip, group_kind, group_of
 
 ROBUST_METHODS = ("none", "norm-clip", "trimmed-mean", "median", "centered-clip")
+
+
+@dataclass(frozen=True)
+class ScreenFlag:
+    """A group of a client's update longer than its pool allows, which dropped the client."""
+
+    client: str
+    group: str
+    norm: float
+    limit: float
+
+
+@dataclass
+class Screened:
+    """The updates a norm screen kept (indices into its input, in order) and why it dropped the rest."""
+
+    kept: list[int]
+    flags: list[ScreenFlag] = field(default_factory=list)
+
+    @property
+    def dropped(self) -> int:
+        """How many clients the screen dropped."""
+        return len({f.client for f in self.flags})
 
 
 def robust_aggregate(
@@ -87,13 +120,28 @@ def trim_count(holders: int, trim_fraction: float) -> int:
     return count if holders - 2 * count >= 1 else 0
 
 
+def screen_updates(
+    global_state: State, updates: Sequence[ClientUpdate], factor: float, labels: Sequence[str] | None = None
+) -> Screened:
+    """Keep the clients none of whose groups is longer than factor x its pool's median norm
+    (`norm-screen`; factor 0 keeps every client). See the module docstring for why whole clients."""
+    if factor == 0.0:
+        return Screened(list(range(len(updates))))
+    if not factor > 1.0:
+        raise ValueError(f"norm-screen must be 0 (off) or > 1 (a factor of the median norm), got {factor!r}")
+    names = list(labels) if labels is not None else [f"update-{i}" for i in range(len(updates))]
+    norms = _norms(global_state, updates)
+    bound = _pooled_bounds(norms, factor)
+    over = sorted((i, group) for (i, group), norm in norms.items() if norm > bound[group_kind(group)])
+    flags = [ScreenFlag(names[i], group, norms[(i, group)], bound[group_kind(group)]) for i, group in over]
+    dropped = {i for i, _ in over}
+    return Screened([i for i in range(len(updates)) if i not in dropped], flags)
+
+
 def clip_updates(global_state: State, updates: Sequence[ClientUpdate], clip_factor: float) -> list[ClientUpdate]:
     """Each client's update clipped per group to clip_factor x the pooled median norm of its kind."""
-    norms = {(i, g): _update_norm(global_state, u, g) for i, u in enumerate(updates) for g in _held_groups(u)}
-    bound = {
-        kind: clip_factor * float(np.median([n for (_, g), n in norms.items() if group_kind(g) == kind]))
-        for kind in {group_kind(g) for _, g in norms}
-    }
+    norms = _norms(global_state, updates)
+    bound = _pooled_bounds(norms, clip_factor)
     clipped = []
     for i, update in enumerate(updates):
         state = dict(update.state)
@@ -110,6 +158,19 @@ def clip_updates(global_state: State, updates: Sequence[ClientUpdate], clip_fact
 
 
 # ----------------------------------------------------------------------------- helpers
+
+
+def _norms(global_state: State, updates: Sequence[ClientUpdate]) -> dict[tuple[int, str], float]:
+    """(update index, group) -> the norm of that group's update."""
+    return {(i, g): _update_norm(global_state, u, g) for i, u in enumerate(updates) for g in _held_groups(u)}
+
+
+def _pooled_bounds(norms: dict[tuple[int, str], float], factor: float) -> dict[str, float]:
+    """Per kind of group (extractor, expert): factor x the median norm over the round's updates of that kind."""
+    return {
+        kind: factor * float(np.median([n for (_, g), n in norms.items() if group_kind(g) == kind]))
+        for kind in {group_kind(g) for _, g in norms}
+    }
 
 
 def _held_groups(update: ClientUpdate) -> list[str]:

@@ -22,7 +22,7 @@ from flexmoe_core.centered_clip import centered_clip
 from flexmoe_core.config import Settings, dataset_shape
 from flexmoe_core.fitness import FitnessTable
 from flexmoe_core.replies import ClientInfo, ReplyError, TrainFeedback, validate_train_reply
-from flexmoe_core.robust_aggregation import robust_aggregate
+from flexmoe_core.robust_aggregation import robust_aggregate, screen_updates
 from server_app.planning import RoundPlan
 from server_app.records import message_bytes, to_arrays
 
@@ -36,6 +36,7 @@ class Outcome:
     accepted: dict[int, TrainFeedback]
     failed: int = 0
     rejected: int = 0
+    screened: int = 0  # accepted, then left out of the aggregate by the norm screen
 
 
 def collect(
@@ -85,14 +86,32 @@ def aggregate(
 ) -> dict[str, np.ndarray]:
     """The new global model from the accepted replies (under the configured robust rule).
 
-    centered-clip reads and updates `references` (the server's per-group history) in place, and logs
-    every update its direction check dropped or down-weighted, with the client and the round.
+    The norm screen (`norm-screen`) first leaves out the clients whose update is far longer than the
+    round's others, logged with the client and the round and counted in `outcome.screened`; they still
+    completed the round (their feedback is learnt from, as under every rule). centered-clip reads and
+    updates `references` (the server's per-group history) in place, and logs every update its
+    direction check dropped or down-weighted, with the client and the round.
     """
     s = settings
+    updates = [outcome.accepted[n].update for n in plan.completed]
+    labels = [plan.clients[plan.row(n)].client_id for n in plan.completed]
+    screened = screen_updates(global_state, updates, s.norm_screen, labels)
+    for left in screened.flags:
+        log.warning(
+            "round %d: left out client %s: its %s update's norm %.3g > norm-screen %.1f x the median (%.3g)",
+            server_round,
+            left.client,
+            left.group,
+            left.norm,
+            s.norm_screen,
+            left.limit,
+        )
+    outcome.screened = screened.dropped
+    updates, labels = [updates[i] for i in screened.kept], [labels[i] for i in screened.kept]
     if s.robust_aggregation == "centered-clip":
         done = centered_clip(
             global_state,
-            [outcome.accepted[n].update for n in plan.completed],
+            updates,
             s.num_experts,
             references,
             tau=s.clip_tau,
@@ -101,7 +120,7 @@ def aggregate(
             direction_threshold=s.direction_threshold,
             direction_action=s.direction_action,
             direction_reference=s.direction_reference,
-            labels=[plan.clients[plan.row(n)].client_id for n in plan.completed],
+            labels=labels,
         )
         for flag in done.flags:
             log.warning(
@@ -119,7 +138,7 @@ def aggregate(
         return done.state
     return robust_aggregate(
         global_state,
-        [outcome.accepted[n].update for n in plan.completed],
+        updates,
         s.num_experts,
         s.robust_aggregation,
         trim_fraction=s.trim_fraction,
@@ -177,6 +196,7 @@ def round_metrics(plan: RoundPlan, outcome: Outcome, num_experts: int) -> dict[s
         "num-completed": len(plan.completed),
         "num-failed": outcome.failed,
         "num-rejected": outcome.rejected,
+        "num-screened": outcome.screened,
         "num-timed-out": len(plan.node_ids) - len(accepted) - outcome.failed - outcome.rejected,
         "train-loss": float(np.average(losses, weights=examples)) if examples else float("nan"),
         "expert-load": load.astype(float).tolist(),

@@ -55,6 +55,8 @@ BAD = [
     ("seed", -1, "seed must be >= 0"),
     ("results-dir", " ", "results-dir must be a non-empty path"),
     ("resume", "yes", "resume must be of type bool"),
+    ("norm-screen", 1.0, "norm-screen must be 0 (off) or > 1"),
+    ("norm-screen", -2.0, "norm-screen must be 0 (off) or > 1"),
     ("num-expert", 8, "unknown setting 'num-expert'"),
 ]
 

@@ -125,3 +125,30 @@ def test_the_strategy_refuses_oversized_declarations_and_rejects_inflated_replie
     _, metrics = strategy.aggregate_train(1, grid.send_and_receive(messages))
     assert metrics["num-rejected"] == 1 and metrics["num-completed"] == 2  # the liar's reply is dropped whole
     np.testing.assert_allclose(strategy.global_state["extractor.w"], [1.5, 1.5])
+
+
+@pytest.mark.parametrize("screen, extractor, screened", [(0.0, -23.5, 0), (3.0, 2.0, 1)])
+def test_the_norm_screen_leaves_a_boosted_client_out(fake_grid, flower_identity, screen, extractor, screened):
+    from flwr.app import ConfigRecord
+
+    from flexmoe_core.config import Settings
+    from server_app.strategy import FlexMoEStrategy, to_record
+    from tests.fake_clients import GLOBAL, E, HonestClient
+
+    class Shifting(HonestClient):  # every sent array comes back moved by `value`: update = value everywhere
+        def train_arrays(self, msg):
+            return {k: v.numpy() + np.float32(self.value) for k, v in msg.content["arrays"].items()}
+
+    clients = {1: Shifting("a", 2, 1.0, 10), 2: Shifting("b", 2, 2.0, 10), 3: Shifting("c", 2, 3.0, 10)}
+    clients[4] = Shifting("flipper", 2, -100.0, 10)  # a sign-flipped, boosted update
+    settings = Settings(num_experts=E, capacity=2, min_train_nodes=4, node_wait_timeout=1.0, norm_screen=screen)
+    strategy = FlexMoEStrategy(settings, GLOBAL)
+    grid = fake_grid(clients)
+    messages = strategy.configure_train(1, to_record(strategy.global_state), ConfigRecord(), grid)
+    _, metrics = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    assert metrics["num-screened"] == screened and metrics["num-completed"] == 4
+    np.testing.assert_allclose(strategy.global_state["extractor.w"], [extractor, extractor])  # (1+2+3-100)/4 or 2
+    if screen:  # every expert moved by what its honest holders sent, 1..3, not towards -100
+        for e in range(E):
+            moved = strategy.global_state[f"experts.{e}.w"] - GLOBAL[f"experts.{e}.w"]
+            assert np.all((moved == 0) | ((moved >= 1) & (moved <= 3)))

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from flexmoe_core.aggregation import ClientUpdate, aggregate
-from flexmoe_core.robust_aggregation import robust_aggregate, trim_count
+from flexmoe_core.robust_aggregation import robust_aggregate, screen_updates, trim_count
 
 E = 2
 GLOBAL = {
@@ -87,3 +87,40 @@ def test_bad_settings_are_clear_errors():
         robust_aggregate(GLOBAL, [], E, "krum")
     with pytest.raises(ValueError, match="trim_fraction"):
         robust_aggregate(GLOBAL, [], E, "trimmed-mean", trim_fraction=0.5)
+
+
+def test_norm_screen_drops_the_whole_client_whose_update_is_far_longer():
+    # Extractor norms 5, 5, 5, 50 (median 5, bound 3 x 5 = 15); expert norms 1, 1, 1, 50 (bound 3).
+    # The boosted client is flagged on both groups and left out whole; the rest are untouched.
+    updates = [
+        update([3, 4], {0: [1, 0]}, 10),
+        update([4, 3], {0: [0, 1]}, 10),
+        update([3, 4], {1: [1, 0]}, 10),
+        update([-30, -40], {1: [-30, -40]}, 10),
+    ]
+    screened = screen_updates(GLOBAL, updates, 3.0, ["a", "b", "c", "boosted"])
+    assert screened.kept == [0, 1, 2] and screened.dropped == 1
+    assert [(f.client, f.group) for f in screened.flags] == [("boosted", "expert-1"), ("boosted", "extractor")]
+    assert [f.norm for f in screened.flags] == pytest.approx([50.0, 50.0])
+    assert [f.limit for f in screened.flags] == pytest.approx([3.0, 15.0])
+    kept = robust_aggregate(GLOBAL, [updates[i] for i in screened.kept], E, "none")
+    np.testing.assert_allclose(kept["extractor.w"], [10 / 3, 11 / 3], rtol=1e-6)
+    np.testing.assert_allclose(kept["experts.1.w"], [1, 0])  # its one honest holder, not (1 - 30) / 2
+
+
+def test_norm_screen_catches_a_client_boosting_only_an_expert():
+    # Honest-sized extractor, one expert blown up: the expert pool (norms 1, 1, 1, 40) flags it.
+    updates = [update([1, 0], {0: [1, 0]}), update([0, 1], {0: [0, 1]}), update([1, 0], {1: [1, 0]})]
+    updates.append(update([0, 1], {1: [0, -40]}))
+    screened = screen_updates(GLOBAL, updates, 3.0)
+    assert screened.kept == [0, 1, 2]
+    assert [(f.client, f.group) for f in screened.flags] == [("update-3", "expert-1")]
+
+
+def test_norm_screen_passes_an_update_boosted_by_less_than_its_factor():
+    # What the screen does not do: a x2.5 update (norm 12.5 <= 3 x 5) is left to the rule after it.
+    updates = [update([3, 4], {}), update([4, 3], {}), update([3, 4], {}), update([-7.5, -10], {})]
+    assert screen_updates(GLOBAL, updates, 3.0).kept == [0, 1, 2, 3]
+    assert screen_updates(GLOBAL, updates, 0.0).kept == [0, 1, 2, 3]  # off
+    with pytest.raises(ValueError, match="norm-screen must be 0"):
+        screen_updates(GLOBAL, updates, 1.0)
