@@ -145,7 +145,9 @@ def write_rows(out: Path, rows: list[dict[str, Any]], platform: dict[str, Any] |
     rows = [{**row, **where} for row in rows]
     atomic_write_json(out / "summary.json", rows)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    # Columns of every row, in order of first appearance: rows written before a column existed leave it empty.
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    writer = csv.DictWriter(buffer, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_bytes(out / "summary.csv", buffer.getvalue().encode())
