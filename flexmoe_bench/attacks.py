@@ -5,7 +5,10 @@ each seed, through the same `flwr run` simulation path as the main job, then pri
 accuracy per cell (mean +- std over the seeds done) and writes `summary.json` / `summary.csv`
 (committed under docs/attacks/), one row per run. Runs already summarised there are skipped, so
 an interrupted table resumes; `--attacks/--defences/--min-holders/--seeds` pick a part of it.
-Rows from before the min-holders and seed axes count as min-holders 1, seed 42.
+Rows from before the min-holders and seed axes count as min-holders 1, seed 42. Each row also has
+`accuracy-honest` (the final accuracy over the clients that are not attackers; clean runs name the
+same clients, so it is comparable across a column) and `screened` (updates the norm screen left out
+over the run); rows from before those columns lack them, and `--force` re-runs a selection.
 """
 
 from __future__ import annotations
@@ -42,6 +45,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--min-holders", default="1,3", help="comma-separated min-holders values")
     parser.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds")
     parser.add_argument("--num-supernodes", type=int, default=10)
+    parser.add_argument(
+        "--force", action="store_true", help="re-run the selected cells even if summarised (their rows are replaced)"
+    )
     parser.add_argument("--out", type=Path, default=APP_DIR / "results" / "attacks", help="each run's results")
     parser.add_argument(
         "--summary-dir",
@@ -76,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     base = load_overrides(args.config, [])
     out, summary_dir = args.out.resolve(), args.summary_dir.resolve()
     rows = load_rows(summary_dir / "summary.json")
-    todo = [c for c in cells(attacks, defences, holders, seeds) if key(*c) not in rows]
+    todo = [c for c in cells(attacks, defences, holders, seeds) if args.force or key(*c) not in rows]
     ok = _run_all(todo, base, out, summary_dir, rows, args.num_supernodes) if todo else True
     print("\n" + format_table(rows, attacks, defences, holders))
     return 0 if ok else 1
@@ -103,18 +109,25 @@ def _run_all(
                 "seed": seed,
                 "results-dir": str(results),
             }
-            if attack == "none":
-                overrides["attack-clients"] = ""
+            # A clean run keeps attack-clients (attack "none" changes nothing they send), so its
+            # accuracy-honest is over the same clients as an attacked run's.
             outcome = superlink.run(APP_DIR, overrides, echo=False)
             if not outcome.ok:
                 print(f"run {name} failed (status {outcome.status}):\n{outcome.log[-2000:]}", file=sys.stderr)
                 return False
             summary = summarise("flexmoe", results, outcome.seconds)
             row = {"attack": attack, "defence": defence, "min-holders": holders, "seed": seed, **summary}
-            rows[name] = {**row, "screened": screened_updates(results)}
+            rows[name] = {**row, "accuracy-honest": final_metric(results, "accuracy-honest")}
+            rows[name]["screened"] = screened_updates(results)
             _write(summary_dir, rows)
             print(f"    accuracy {rows[name]['accuracy']:.4f} in {outcome.seconds:.0f}s", flush=True)
     return True
+
+
+def final_metric(results: Path, name: str) -> float:
+    """A metric of the run's last round (nan if it has none)."""
+    rounds = json.loads((results / "metrics.json").read_text())
+    return float(rounds[-1].get(name, float("nan"))) if rounds else float("nan")
 
 
 def screened_updates(results: Path) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -60,9 +60,21 @@ def draw_cohort(settings: Settings, nodes: Mapping[int, ClientInfo]) -> list[str
     return cohort
 
 
-def accuracy_metrics(plan: RoundPlan, replies: Iterable[Message], server_round: int) -> dict[str, Any]:
-    """Accuracy over the valid evaluation replies (example-weighted, with its spread over clients)."""
-    outcomes, adapted = [], []
+def accuracy_metrics(
+    plan: RoundPlan,
+    replies: Iterable[Message],
+    server_round: int,
+    attackers: Collection[str] = (),
+    client_of: Mapping[int, str] | None = None,
+) -> dict[str, Any]:
+    """Accuracy over the valid evaluation replies (example-weighted, with its spread over clients).
+
+    With `attackers` (the attack simulation's client ids; `client_of` maps a node to its client id),
+    also `accuracy-honest`: the same mean over the other clients only. An attacker is evaluated like
+    anyone, but a defence that leaves its updates out cannot be expected to serve it; what a defence
+    protects is the honest clients' accuracy, read against theirs in a clean run.
+    """
+    outcomes, adapted, honest = [], [], []
     for reply in replies:
         plan.traffic.up["evaluate"] += message_bytes(reply)
         if reply.has_error():
@@ -79,6 +91,7 @@ def accuracy_metrics(plan: RoundPlan, replies: Iterable[Message], server_round: 
             pair = adapted_outcome(metrics)  # remedy `adapt-steps`: None unless the client adapted
             outcomes.append(outcome)
             adapted.append(pair)
+            honest.append((client_of or {}).get(reply.metadata.src_node_id) not in attackers)
         except (ReplyError, KeyError) as err:
             log.warning("round %d: rejected evaluation of node %d: %s", server_round, reply.metadata.src_node_id, err)
     if not outcomes:
@@ -96,6 +109,9 @@ def accuracy_metrics(plan: RoundPlan, replies: Iterable[Message], server_round: 
             "accuracy-adapted-p10": float(tuned["p10"]),
             "accuracy-adapted-median": float(tuned["median"]),
         }
+    keep = np.array(honest)
+    if attackers and keep.any():
+        extra["accuracy-honest"] = float(M.accuracy_summary(accuracies[keep], examples[keep])["mean"])
     return {
         "accuracy": float(summary["mean"]),
         "accuracy-min": float(summary["min"]),

@@ -217,7 +217,8 @@ class FlexMoEStrategy(Strategy):
     def evaluation_metrics(self, server_round: int, replies: Iterable[Message]) -> dict[str, Any]:
         """Accuracy over the valid evaluation replies, plus the round's traffic."""
         plan = self._require_plan()
-        accuracy = evaluation.accuracy_metrics(plan, replies, server_round)
+        client_of = {node: info.client_id for node, info in self.nodes.items()}
+        accuracy = evaluation.accuracy_metrics(plan, replies, server_round, self.settings.attacking_clients, client_of)
         return {**accuracy, **plan.traffic.metrics(len(plan.node_ids), len(plan.evaluated))}
 
     # ------------------------------------------------------------------ assignment

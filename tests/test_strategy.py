@@ -165,3 +165,16 @@ def test_personalised_evaluation_summary(fake_grid):
     assert metrics["accuracy"] == pytest.approx(0.69)
     assert metrics["accuracy-min"] == pytest.approx(0.5)
     assert metrics["accuracy-median"] == pytest.approx(0.65)
+    assert "accuracy-honest" not in metrics  # no attack simulated
+
+
+def test_honest_accuracy_leaves_out_the_simulated_attackers(fake_grid):
+    ids = [spec[0] for spec in CLIENTS.values()]
+    strategy, grid, clients = make(fake_grid, attack="sign-flip", attack_clients=f"{ids[1]},{ids[3]}")
+    for node, acc in zip(CLIENTS, (0.5, 0.6, 0.7, 0.8)):
+        clients[node].accuracy = acc
+    _, (arrays, _) = train_round(strategy, grid)
+    messages = strategy.configure_evaluate(1, arrays, ConfigRecord(), grid)
+    metrics = strategy.aggregate_evaluate(1, grid.send_and_receive(messages))
+    assert metrics["accuracy"] == pytest.approx(0.69)  # everyone, as above
+    assert metrics["accuracy-honest"] == pytest.approx((0.5 * 10 + 0.7 * 20) / 30)  # the 1st and 3rd only
