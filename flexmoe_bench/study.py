@@ -8,19 +8,23 @@ which names its summary file, so a sweep can resume from the summaries alone.
 
 A group may name the same runs in another study, `same-runs-as = { summaries = "docs/regimes/runs",
 group = "base" }` (a folder relative to the repository): a cell whose twin there (same method, varied
-values and seed) has the same training (run configs equal but for EVALUATION_ONLY_SETTINGS) counts as
-done and is read from there, so one run is not made twice for two studies; a cell without one runs.
+values and seed) has the same training (run configs equal but for EVALUATION_ONLY_SETTINGS, a setting
+one of them leaves out counting as its pyproject default) counts as done and is read from there, so one
+run is not made twice for two studies; a cell without one runs.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import itertools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from flexmoe_core.config import ASSIGNMENT_METHODS
 
@@ -104,10 +108,18 @@ def _twin_source(group: str, same_runs_as: Any) -> tuple[Path, str] | None:
     return ROOT / same_runs_as["summaries"], same_runs_as["group"]
 
 
-def same_training(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
-    """Whether two run configs train the same run (they differ at most in EVALUATION_ONLY_SETTINGS)."""
+def same_training(a: Mapping[str, Any], b: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> bool:
+    """Whether two run configs train the same run: they differ at most in EVALUATION_ONLY_SETTINGS, a
+    setting that one of them leaves out counting as its value in `defaults` (the app's run config)."""
+    fallback = defaults or {}
     keys = (a.keys() | b.keys()) - set(EVALUATION_ONLY_SETTINGS)
-    return all(a.get(k) == b.get(k) for k in keys)
+    return all(a.get(k, fallback.get(k)) == b.get(k, fallback.get(k)) for k in keys)
+
+
+@functools.cache
+def app_defaults() -> dict[str, Any]:
+    """The run config every run starts from: pyproject.toml's [tool.flwr.app.config]."""
+    return dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
 
 
 def twin_summary(cell: Cell) -> dict[str, Any] | None:
@@ -116,7 +128,7 @@ def twin_summary(cell: Cell) -> dict[str, Any] | None:
     if cell.twin is None or not cell.twin.is_file():
         return None
     twin = json.loads(cell.twin.read_text())
-    if not same_training(twin.get("run-config", {}), cell.overrides):
+    if not same_training(twin.get("run-config", {}), cell.overrides, app_defaults()):
         return None
     where = cell.twin.relative_to(ROOT) if cell.twin.is_relative_to(ROOT) else cell.twin
     source = {"summary": str(where), "group": twin["group"]}

@@ -118,3 +118,32 @@ def test_an_attack_no_defence_holds_is_named_in_the_section(tmp_path: Path):
     assert "| sign-flip | norm-clip, h = 1 | 0.310 | 0.597 |" in text
     assert (tmp_path / "figures" / "attacks.png").is_file()
     assert attack_section(tmp_path / "absent.json", str, lambda p: p) == []
+
+
+def test_honest_accuracy_and_screened_updates_are_read_from_the_rows_that_have_them(tmp_path: Path):
+    # Three runs of norm-screen (clean and sign-flip) carry accuracy-honest and screened; the older
+    # rows do not, so they are in the all-clients table only.
+    path = write_summary(tmp_path)
+    rows = json.loads(path.read_text())
+    honest = {"none": (0.64, 0.62, 0.63), "sign-flip": (0.61, 0.60, 0.62)}
+    everyone = {"none": (0.62, 0.60, 0.61), "sign-flip": (0.53, 0.52, 0.54)}
+    for attack in honest:
+        for seed, h, a in zip(SEEDS, honest[attack], everyone[attack]):
+            screened = 0 if attack == "none" else 16
+            rows.append(
+                {"attack": attack, "defence": "norm-screen", "min-holders": 1, "seed": seed, "accuracy": a}
+                | {"accuracy-honest": h, "screened": screened}
+            )
+    rows[-1]["screened"] = 15  # one round in which the screen missed one attacker
+    path.write_text(json.dumps(rows))
+    scores = load_scores(path, "accuracy-honest")
+    assert set(scores) == {("none", "norm-screen", 1), ("sign-flip", "norm-screen", 1)}
+    best = {row[0]: row for row in best_defences(scores, drops(scores))}
+    # honest clients: (0.61 - 0.64, 0.60 - 0.62, 0.62 - 0.63) -> mean -0.02, within the 5 points
+    assert best["sign-flip"][1:4] == ["norm-screen, h = 1", "0.610", "0.630"]
+    assert drops(scores)[("sign-flip", ("norm-screen", 1))].mean == pytest.approx(-0.02)
+    text = "\n".join(attack_section(path, lambda p: p.name, lambda p: p))
+    assert "Every attack's best defence here stays within the target (honest clients' accuracy)." in text
+    assert "| none (clean) | 0.0 (3) |" in text and "| sign-flip | 15.7 (3) |" in text
+    # all clients: norm-screen's sign-flip drop is (0.53 - 0.62, ...) = -0.07, best of the all-clients table
+    assert "below its clean accuracy: sign-flip." in text

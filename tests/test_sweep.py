@@ -8,7 +8,7 @@ import pytest
 import tomllib
 
 from flexmoe_bench.launcher import RunOutcome
-from flexmoe_bench.study import expand, holding_counts, select, twin_summary
+from flexmoe_bench.study import app_defaults, expand, holding_counts, same_training, select, twin_summary
 from flexmoe_bench.sweep import APP_DIR, main, run_cells, validate
 
 STUDY = """
@@ -152,6 +152,15 @@ def test_a_group_with_same_runs_as_skips_cells_another_study_ran_with_the_same_t
     assert main(["--study", str(study), "--summaries", str(summaries), "--results", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "9 cells, 8 already summarised in" in out and "and 1 by another study (same-runs-as), 0 to run" in out
+
+
+def test_a_setting_one_run_config_leaves_out_counts_as_its_default():
+    twin = {"lr": 0.05, "seed": 1}  # written by a study whose base never named fraction-train
+    assert same_training(twin, {"lr": 0.05, "seed": 1, "fraction-train": 1.0}, {"fraction-train": 1.0})
+    assert not same_training(twin, {"lr": 0.05, "seed": 1, "fraction-train": 0.2}, {"fraction-train": 1.0})
+    assert not same_training(twin, {"lr": 0.05, "seed": 1, "fraction-train": 1.0})  # no default known
+    assert same_training(twin, {**twin, "adapt-steps": 5}, {"adapt-steps": 0})  # evaluation only
+    assert app_defaults()["fraction-train"] == 1.0 and app_defaults()["eval-cohort"] == 0
 
 
 def test_same_runs_as_must_name_a_folder_and_a_group():
@@ -333,10 +342,15 @@ def test_committed_remedy_grid_changes_one_setting_per_remedy_in_each_cell():
         "logit-adjust+prior-c50",
         "fitness-0+logit-adjust+prior-c50",
         "fitness-0+logit-adjust+prior-sb",
+        *(f"fitness-0+logit-adjust+prior-main_{p}" for p in ("dirichlet", "iid", "classes")),
     }
     # the sound base's faithful and fitness-0 rules are the regime grid's runs of the same training
     for cell in cells:
         if cell.group in ("faithful-sb", "fitness-0-sb"):
             assert cell.twin is not None and cell.twin.parent == APP_DIR / "docs" / "regimes" / "runs", cell.id
     assert twin_summary(next(c for c in cells if c.id == "faithful-sb-dense-s1")) is not None
-    assert len(cells) == 365 and {c.seed for c in cells} == {1, 2, 3, 4, 5}
+    # the main grid's fashion-mnist cells: its own runs (ten clients), read under the main grid's cell ids
+    main_grid = [c for c in cells if c.group.startswith("faithful-main_")]
+    assert {c.num_supernodes for c in main_grid} == {10} and {c.seed for c in main_grid} == {1, 2, 3}
+    assert all(c.twin is not None and twin_summary(c) is not None for c in main_grid)
+    assert len(cells) == 431 and {c.seed for c in cells} == {1, 2, 3, 4, 5}

@@ -13,7 +13,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from flexmoe_bench.attacks import load_rows
+from flexmoe_bench.attacks import SCREEN, load_rows
 from flexmoe_bench.report.stats import PairedTest, decide, mean_std, paired_test
 from flexmoe_bench.report.tables import TEST_HEADER, fmt, fmt_test, table, test_cells
 
@@ -27,12 +27,30 @@ Column = tuple[str, int]  # (defence, min-holders)
 Scores = dict[tuple[str, str, int], dict[int, float]]  # (attack, defence, min-holders) -> seed -> accuracy
 
 
-def load_scores(summary: Path) -> Scores:
-    """(attack, defence, min-holders) -> seed -> final accuracy, from the attack table's summary.json."""
+def load_scores(summary: Path, metric: str = "accuracy") -> Scores:
+    """(attack, defence, min-holders) -> seed -> final `metric`, from the attack table's summary.json;
+    rows written before the metric existed are left out."""
     scores: Scores = {}
     for r in load_rows(summary).values():
-        scores.setdefault((r["attack"], r["defence"], int(r["min-holders"])), {})[int(r["seed"])] = float(r["accuracy"])
+        if metric in r:
+            scores.setdefault((r["attack"], r["defence"], int(r["min-holders"])), {})[int(r["seed"])] = float(r[metric])
     return scores
+
+
+def screened_table(summary: Path) -> str:
+    """Mean updates left out per run by the norm screen, per attack and screened defence (h = 1 and up)."""
+    counts: dict[tuple[str, str, int], list[int]] = {}
+    for r in load_rows(summary).values():
+        if "screened" in r and "norm-screen" in r["defence"]:
+            counts.setdefault((r["attack"], r["defence"], int(r["min-holders"])), []).append(int(r["screened"]))
+    cols = sorted({(d, h) for _, d, h in counts}, key=lambda c: (c[1], c[0]))
+    found = sorted({a for a, _, _ in counts}, key=lambda a: (a != CLEAN, a))
+    body = [[CLEAN_LABEL if a == CLEAN else a, *(_count(counts.get((a, *c))) for c in cols)] for a in found]
+    return table(("attack \\ defence", *(f"{d}, h = {h}" for d, h in cols)), body) if cols else ""
+
+
+def _count(values: Sequence[int] | None) -> str:
+    return "—" if not values else f"{sum(values) / len(values):.1f} ({len(values)})"
 
 
 def columns(scores: Scores) -> list[Column]:
@@ -190,35 +208,60 @@ def attack_section(
             ),
             "",
         ]
-    tests = drops(scores)
-    if tests:
-        best = best_defences(scores, tests)
-        failing = failing_attacks(best)
+    lines += target_lines(scores, "accuracy")
+    honest = load_scores(summary, "accuracy-honest")
+    if honest:
         lines += [
-            "How far each attack pulls each defence below its own clean accuracy (attacked − clean, paired by seed, "
-            "95 % t interval):",
+            "### The clients a defence protects",
             "",
-            drop_table(scores, tests),
+            "Every client is evaluated, attackers too, and a defence that leaves an attacker's updates out does "
+            "not serve it: its own experts and classes are then trained by the others only. `accuracy-honest` is "
+            "the same final accuracy over the 8 other clients; a clean run names the same attack-clients (attack "
+            "`none` changes nothing they send), so each column is read against the same clients' clean accuracy. "
+            "Runs that have it (those from before it existed do not):",
             "",
-            f"The best defence per attack against the target (within {TARGET_DROP:.2f} of its clean accuracy: "
-            "the mean drop, and whether its whole interval is too):",
+            accuracy_table(honest),
             "",
-            table(
-                ("attack", "best defence", "accuracy", "its clean accuracy", "drop [95 % CI]", "target met"),
-                best,
-            ),
-            "",
+            *target_lines(honest, "honest clients' accuracy"),
         ]
+    screened = screened_table(summary)
+    if screened:
         lines += [
-            (
-                f"Attacks whose best defence here still falls more than {TARGET_DROP:.2f} below its clean accuracy: "
-                f"{', '.join(failing)}."
-                if failing
-                else "Every attack's best defence here stays within the target."
-            ),
+            f"Updates the norm screen (`norm-screen` = {SCREEN:g}) left out per run, of 80 (10 clients x 8 "
+            "rounds), mean over the runs in brackets; on a clean run every one is an honest client's:",
+            "",
+            screened,
             "",
         ]
     return lines
+
+
+def target_lines(scores: Scores, what: str) -> list[str]:
+    """The drop of every column under every attack and the best defence per attack against the target."""
+    tests = drops(scores)
+    if not tests:
+        return []
+    best = best_defences(scores, tests)
+    failing = failing_attacks(best)
+    return [
+        f"How far each attack pulls each defence below its own clean {what} (attacked − clean, paired by seed, "
+        "95 % t interval):",
+        "",
+        drop_table(scores, tests),
+        "",
+        f"The best defence per attack against the target (within {TARGET_DROP:.2f} of its clean {what}: "
+        "the mean drop, and whether its whole interval is too):",
+        "",
+        table(("attack", "best defence", what, f"its clean {what}", "drop [95 % CI]", "target met"), best),
+        "",
+        (
+            f"Attacks whose best defence here still falls more than {TARGET_DROP:.2f} below its clean {what}: "
+            f"{', '.join(failing)}."
+            if failing
+            else f"Every attack's best defence here stays within the target ({what})."
+        ),
+        "",
+    ]
 
 
 def failing_attacks(best: Sequence[Sequence[str]]) -> list[str]:

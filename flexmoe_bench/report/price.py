@@ -31,6 +31,10 @@ CELLS = {
     "sb": "the regime grid's sound base (Dirichlet 0.3, 40 rounds)",
     "c50": "issue #25's cross-device cell (Dirichlet 0.1, 50 clients, 10 per round, 20 rounds)",
     "c200": "200 clients, 20 per round",
+    **{
+        f"main_{partition}": f"the main grid's fashion-mnist {name} cell (10 clients, all train, E = 8, 20 rounds)"
+        for partition, name in (("dirichlet", "Dirichlet(0.8)"), ("iid", "IID"), ("classes", "4-classes"))
+    },
 }
 
 # What each diagnosis row shows: (column header, key of diagnosis.json's summary, format).
