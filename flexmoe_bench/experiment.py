@@ -140,9 +140,10 @@ def summarise(method: str, results_dir: Path, wall_seconds: float) -> dict[str, 
 
 def write_rows(out: Path, rows: list[dict[str, Any]], platform: dict[str, Any] | None = None) -> None:
     """`summary.json` and `summary.csv` (one row per run) in `out`, each written atomically; every row
-    also says where it ran (`platform-*` columns: CPU model, cores, torch threads, library versions)."""
+    also says where it ran (`platform-*` columns: CPU model, cores, torch threads, library versions): a
+    row that already says so (read back from an earlier write) keeps its own, a new row gets this machine's."""
     where = machine.columns(platform or machine.describe())
-    rows = [{**row, **where} for row in rows]
+    rows = [{**where, **row} for row in rows]
     atomic_write_json(out / "summary.json", rows)
     buffer = io.StringIO()
     # Columns of every row, in order of first appearance: rows written before a column existed leave it empty.

@@ -147,3 +147,21 @@ def test_honest_accuracy_and_screened_updates_are_read_from_the_rows_that_have_t
     assert "| none (clean) | 0.0 (3) |" in text and "| sign-flip | 15.7 (3) |" in text
     # all clients: norm-screen's sign-flip drop is (0.53 - 0.62, ...) = -0.07, best of the all-clients table
     assert "below its clean accuracy: sign-flip." in text
+
+
+def test_the_adaptive_attackers_runs_get_their_own_part_when_present(tmp_path: Path):
+    path = write_summary(tmp_path)
+    assert "### An attacker who knows the screen" not in "\n".join(attack_section(path, str, lambda p: p))
+    (tmp_path / "adaptive").mkdir()
+    rows = [
+        {"attack": a, "defence": "norm-screen+norm-clip", "min-holders": 1, "seed": s, "accuracy": v}
+        | {"accuracy-honest": v + 0.01, "screened": 0}
+        for a, values in (("none", (0.62, 0.61, 0.60)), ("sign-flip", (0.45, 0.50, 0.40)))
+        for s, v in zip(SEEDS, values)
+    ]
+    (tmp_path / "adaptive" / "summary.json").write_text(json.dumps(rows))
+    text = "\n".join(attack_section(path, str, lambda p: p))
+    assert "### An attacker who knows the screen" in text and "`attack-scale` 2 (below the screen's 3)" in text
+    # honest drop (0.46 - 0.63, 0.51 - 0.62, 0.41 - 0.61) / 3 = -0.16: the target is missed there
+    assert "below its clean honest clients' accuracy: sign-flip." in text
+    assert "| sign-flip | 0.0 (3) |" in text

@@ -122,3 +122,8 @@ def test_summary_rows_say_where_they_ran(tmp_path):
     row = json.loads((tmp_path / "summary.json").read_text())[0]
     assert row["platform-cpu"] == "Example CPU" and row["platform-cores"] == 2 and row["platform-flwr"] == "f"
     assert "platform-cpu" in (tmp_path / "summary.csv").read_text().splitlines()[0]
+    # a row read back from an earlier write keeps where it ran when rows made elsewhere are added
+    elsewhere = {**platform, "cpu": "Other CPU"}
+    write_rows(tmp_path, [row, {"method": "greedy", "accuracy": 0.4}], elsewhere)
+    rows = json.loads((tmp_path / "summary.json").read_text())
+    assert [r["platform-cpu"] for r in rows] == ["Example CPU", "Other CPU"]

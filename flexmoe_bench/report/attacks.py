@@ -22,6 +22,8 @@ CLEAN_LABEL = "none (clean)"
 NO_DEFENCE = ("none", 1)  # (robust-aggregation, min-holders) of the undefended federation
 TARGET_DROP = 0.05  # issue #24: the best defence stays within 5 points of its clean accuracy
 MISSED = "**no**"  # the "target met" cell of an attack whose best defence misses the target
+ADAPTIVE = "adaptive"  # folder beside the table's summary.json with the adaptive attacker's runs
+ADAPTIVE_SCALE = 2.0  # its attack-scale (conf/attacks-adaptive.toml): under the screen, at norm-clip's bound
 
 Column = tuple[str, int]  # (defence, min-holders)
 Scores = dict[tuple[str, str, int], dict[int, float]]  # (attack, defence, min-holders) -> seed -> accuracy
@@ -233,7 +235,35 @@ def attack_section(
             screened,
             "",
         ]
-    return lines
+    return lines + adaptive_lines(summary.parent / ADAPTIVE / "summary.json", shown)
+
+
+def adaptive_lines(summary: Path, shown: Callable[[Path], Path]) -> list[str]:
+    """The same attacks at the scale an attacker who knows the screen would pick (its own runs, written by
+    `python -m flexmoe_bench.attacks --config conf/attacks-adaptive.toml --summary-dir docs/attacks/adaptive`)."""
+    honest = load_scores(summary, "accuracy-honest")
+    if not honest:
+        return []
+    everyone = load_scores(summary)
+    return [
+        "### An attacker who knows the screen",
+        "",
+        f"The screen only sees length, so an attacker that knows it stays under it: the same attackers with "
+        f"`attack-scale` {ADAPTIVE_SCALE:g} (below the screen's {SCREEN:g}), runs in `{shown(summary)}` "
+        "(`conf/attacks-adaptive.toml`). Final accuracy over all clients:",
+        "",
+        accuracy_table(everyone),
+        "",
+        "and over the honest clients:",
+        "",
+        accuracy_table(honest),
+        "",
+        *target_lines(honest, "honest clients' accuracy"),
+        "Updates the screen left out there:",
+        "",
+        screened_table(summary),
+        "",
+    ]
 
 
 def target_lines(scores: Scores, what: str) -> list[str]:
