@@ -255,6 +255,10 @@ def test_the_reading_ranks_remedies_by_their_gain_and_sets_the_best_against_the_
     assert "The best sparse variant (fitness-0 flexmoe, 0.733) is 0.030 below dense and 0.180 below local." in text
     assert "(fitness-0, hidden) gains more than every remedy that only changes how" in text
     assert remedy_reading({("faithful", "flexmoe"): FAITHFUL}, []) == ""
+    # dense with the best variant's remedy: the price of sparsity with it on both sides, 0.770 - 0.733
+    scores[("fitness-0", "dense")] = {1: 0.77, 2: 0.78, 3: 0.76}
+    text = remedy_reading(scores, cell_tests(scores))
+    assert "is 0.030 below dense, 0.180 below local and 0.037 below dense with the same remedy." in text
 
 
 def test_a_remedy_that_dense_also_ran_is_tested_against_dense_with_it():

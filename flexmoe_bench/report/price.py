@@ -298,8 +298,13 @@ def remedy_reading(
             ref = scores[(FAITHFUL, reference)]
             gap = sum(ref.values()) / len(ref) - best_score
             gaps.append(f"{abs(gap):.3f} {'below' if gap > 0 else 'above'} {reference}")
+    if (best[0], "dense") in scores:  # the price of sparsity with the remedy on both sides
+        same = scores[(best[0], "dense")]
+        gap = sum(same.values()) / len(same) - best_score
+        gaps.append(f"{abs(gap):.3f} {'below' if gap > 0 else 'above'} dense with the same remedy")
     if gaps:
-        text += f" The best sparse variant ({best[0]} {best[1]}, {best_score:.3f}) is " + " and ".join(gaps) + "."
+        listed = ", ".join(gaps[:-1]) + " and " + gaps[-1] if len(gaps) > 1 else gaps[0]
+        text += f" The best sparse variant ({best[0]} {best[1]}, {best_score:.3f}) is {listed}."
     helpful = [v for v in CHANGES_WHO_OR_WHAT if v in mean_gain]
     averaging = [v for v in CHANGES_THE_AVERAGE if v in mean_gain]
     if helpful and averaging and min(mean_gain[v] for v in helpful) > max(mean_gain[v] for v in averaging):
