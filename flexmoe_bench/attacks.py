@@ -116,24 +116,21 @@ def _run_all(
                 print(f"run {name} failed (status {outcome.status}):\n{outcome.log[-2000:]}", file=sys.stderr)
                 return False
             summary = summarise("flexmoe", results, outcome.seconds)
-            row = {"attack": attack, "defence": defence, "min-holders": holders, "seed": seed, **summary}
-            rows[name] = {**row, "accuracy-honest": final_metric(results, "accuracy-honest")}
-            rows[name]["screened"] = screened_updates(results)
+            cell = {"attack": attack, "defence": defence, "min-holders": holders, "seed": seed}
+            rows[name] = {**cell, **summary, **attack_columns(results)}
             _write(summary_dir, rows)
             print(f"    accuracy {rows[name]['accuracy']:.4f} in {outcome.seconds:.0f}s", flush=True)
     return True
 
 
-def final_metric(results: Path, name: str) -> float:
-    """A metric of the run's last round (nan if it has none)."""
+def attack_columns(results: Path) -> dict[str, Any]:
+    """What a run's row adds to its summary: the last round's `accuracy-honest` (nan without one) and
+    the client updates the norm screen left out over the run (on a clean run: honest ones)."""
     rounds = json.loads((results / "metrics.json").read_text())
-    return float(rounds[-1].get(name, float("nan"))) if rounds else float("nan")
-
-
-def screened_updates(results: Path) -> int:
-    """Client updates the norm screen left out, over the run's rounds (on a clean run: honest ones)."""
-    rounds = json.loads((results / "metrics.json").read_text())
-    return sum(int(r.get("num-screened", 0)) for r in rounds)
+    return {
+        "accuracy-honest": float(rounds[-1].get("accuracy-honest", float("nan"))) if rounds else float("nan"),
+        "screened": sum(int(r.get("num-screened", 0)) for r in rounds),
+    }
 
 
 def cell_accuracies(rows: dict[str, dict[str, Any]], attack: str, defence: str, holders: int) -> list[float]:

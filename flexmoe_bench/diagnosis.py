@@ -48,6 +48,7 @@ from torch import nn
 
 from client_app import app as client
 from flexmoe_bench.experiment import APP_DIR, load_overrides
+from flexmoe_bench.study import app_defaults
 from flexmoe_core import protocol as P
 from flexmoe_core.config import NodeSettings, Settings
 from flexmoe_core.data import load_dataset, spec_of, to_float_images
@@ -517,7 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:  # e.g. run-config keys written below the [diagnosis] header, which TOML puts inside it
         raise SystemExit(f"{args.config}: [diagnosis] allows only num-clients, got {unknown} (put it last)")
     num_clients = args.num_clients or int(meta.get("num-clients", 10))
-    defaults = _defaults()
+    defaults = app_defaults()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     config = {**defaults, **overrides, "seed": args.seed, "results-dir": str(out / "run")}
@@ -572,12 +573,6 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=2))
     print(f"diagnosis -> {out}")
     return 0
-
-
-def _defaults() -> dict[str, Any]:
-    import tomllib
-
-    return tomllib.loads((APP_DIR / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
 
 
 if __name__ == "__main__":

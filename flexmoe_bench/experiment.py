@@ -20,6 +20,7 @@ import tomllib
 
 from flexmoe_bench import machine
 from flexmoe_bench.launcher import SimulationSuperLink
+from flexmoe_bench.study import app_defaults
 from flexmoe_core.config import ASSIGNMENT_METHODS, Settings
 from flexmoe_core.files import atomic_write_bytes, atomic_write_json
 
@@ -71,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = load_overrides(args.config, args.set)
     out = args.out.resolve()
     for method in methods:  # fail on bad settings here, not minutes later inside a run
-        Settings.from_run_config({**_defaults(), **overrides, "assignment": method, "results-dir": str(out / method)})
+        Settings.from_run_config(
+            {**app_defaults(), **overrides, "assignment": method, "results-dir": str(out / method)}
+        )
     rows = []
     with SimulationSuperLink(args.num_supernodes) as superlink:
         for method in methods:
@@ -199,11 +202,6 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     line = lambda cells: "  ".join(str(c).rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
-
-
-def _defaults() -> dict[str, Any]:
-    pyproject = tomllib.loads((APP_DIR / "pyproject.toml").read_text())
-    return pyproject["tool"]["flwr"]["app"]["config"]
 
 
 if __name__ == "__main__":

@@ -116,9 +116,13 @@ def same_training(a: Mapping[str, Any], b: Mapping[str, Any], defaults: Mapping[
     return all(a.get(k, fallback.get(k)) == b.get(k, fallback.get(k)) for k in keys)
 
 
-@functools.cache
 def app_defaults() -> dict[str, Any]:
-    """The run config every run starts from: pyproject.toml's [tool.flwr.app.config]."""
+    """The run config every run starts from: pyproject.toml's [tool.flwr.app.config] (a fresh copy)."""
+    return dict(_app_config())
+
+
+@functools.cache
+def _app_config() -> dict[str, Any]:
     return dict(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"])
 
 

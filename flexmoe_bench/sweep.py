@@ -34,9 +34,9 @@ from typing import Any
 import tomllib
 
 from flexmoe_bench import local, machine
-from flexmoe_bench.experiment import APP_DIR, _defaults, summarise
+from flexmoe_bench.experiment import APP_DIR, summarise
 from flexmoe_bench.launcher import RunOutcome, SimulationSuperLink
-from flexmoe_bench.study import Cell, expand, holding_counts, select, twin_summary
+from flexmoe_bench.study import Cell, app_defaults, expand, holding_counts, select, twin_summary
 from flexmoe_core.config import Settings
 from flexmoe_core.files import atomic_write_json
 from flexmoe_core.tracking import TRACKERS
@@ -71,7 +71,7 @@ CLIENT_CPUS = 1  # what SimulationSuperLink gives each simulated client (its def
 def validate(cells: list[Cell], results_root: Path) -> None:
     """Every cell's settings, checked before the first run starts (one message for all)."""
     errors = []
-    defaults = _defaults()
+    defaults = app_defaults()
     for cell in cells:
         try:
             run_config = {**cell.overrides, "results-dir": str(results_root / cell.id)}
@@ -356,7 +356,7 @@ def run_local(cell: Cell, results_dir: Path) -> RunOutcome:
     """A `local` cell, in this process (flexmoe_bench.local); a failure is reported like a failed run."""
     started = time.perf_counter()
     try:
-        settings = local.settings_of({**cell.overrides, "results-dir": str(results_dir)}, _defaults())
+        settings = local.settings_of({**cell.overrides, "results-dir": str(results_dir)}, app_defaults())
         local.run(settings, cell.overrides, cell.num_supernodes, results_dir)
     except (OSError, ValueError, RuntimeError) as err:
         return RunOutcome(None, "failed (local)", time.perf_counter() - started, f"{type(err).__name__}: {err}\n")

@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-from flexmoe_bench.experiment import _defaults, expected_bytes_ratio, format_table, load_overrides, summarise
+from flexmoe_bench.experiment import expected_bytes_ratio, format_table, load_overrides, summarise
+from flexmoe_bench.study import app_defaults
 from flexmoe_core.config import Settings
 from flexmoe_core.model import MoEClassifier
 
 
 def _settings(**overrides) -> Settings:
-    return Settings.from_run_config({**_defaults(), **overrides})
+    return Settings.from_run_config({**app_defaults(), **overrides})
 
 
 def _group_bytes(num_experts: int, expert_hidden: int) -> tuple[int, int]:
@@ -48,7 +49,7 @@ def test_expected_bytes_ratio_of_dense_is_one():
 
 
 def test_summarise_takes_last_accuracy_and_round_means(tmp_path):
-    config = {**_defaults(), "expert-hidden": 32}
+    config = {**app_defaults(), "expert-hidden": 32}
     (tmp_path / "config.json").write_text(json.dumps(config))
     rounds = [
         {

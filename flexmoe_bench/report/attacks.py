@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from flexmoe_bench.attacks import SCREEN, load_rows
+from flexmoe_bench.experiment import APP_DIR, load_overrides
 from flexmoe_bench.report.stats import PairedTest, decide, mean_std, paired_test
 from flexmoe_bench.report.tables import TEST_HEADER, fmt, fmt_test, table, test_cells
 
@@ -23,7 +24,7 @@ NO_DEFENCE = ("none", 1)  # (robust-aggregation, min-holders) of the undefended 
 TARGET_DROP = 0.05  # issue #24: the best defence stays within 5 points of its clean accuracy
 MISSED = "**no**"  # the "target met" cell of an attack whose best defence misses the target
 ADAPTIVE = "adaptive"  # folder beside the table's summary.json with the adaptive attacker's runs
-ADAPTIVE_SCALE = 2.0  # its attack-scale (conf/attacks-adaptive.toml): under the screen, at norm-clip's bound
+ADAPTIVE_CONFIG = APP_DIR / "conf" / "attacks-adaptive.toml"  # its setting, attack-scale included
 
 Column = tuple[str, int]  # (defence, min-holders)
 Scores = dict[tuple[str, str, int], dict[int, float]]  # (attack, defence, min-holders) -> seed -> accuracy
@@ -245,12 +246,13 @@ def adaptive_lines(summary: Path, shown: Callable[[Path], Path]) -> list[str]:
     if not honest:
         return []
     everyone = load_scores(summary)
+    scale = load_overrides(ADAPTIVE_CONFIG, [])["attack-scale"]
     return [
         "### An attacker who knows the screen",
         "",
         f"The screen only sees length, so an attacker that knows it stays under it: the same attackers with "
-        f"`attack-scale` {ADAPTIVE_SCALE:g} (below the screen's {SCREEN:g}), runs in `{shown(summary)}` "
-        "(`conf/attacks-adaptive.toml`). Final accuracy over all clients:",
+        f"`attack-scale` {scale:g} (below the screen's {SCREEN:g}), runs in `{shown(summary)}` "
+        f"(`{shown(ADAPTIVE_CONFIG)}`). Final accuracy over all clients:",
         "",
         accuracy_table(everyone),
         "",
